@@ -1,0 +1,46 @@
+# Entry points. `make lab` brings up the nspawn lab and deploys the cluster on it;
+# `make test` runs every test tier (fast tier, then the lab tier).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: venv lint check lab lab-down lab-status test-lab test bench clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements-dev.txt
+	@echo "== creating $(VENV) (salt, pytest-salt-factories, salt-lint)"
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+# salt-lint over every SLS, including reactor and orchestration files.
+lint: venv
+	@echo "== salt-lint"
+	find salt pillar reactor -name '*.sls' -not -path '*/_*' | sort | xargs $(VENV)/bin/salt-lint
+
+# Fast tier: real salt-master and minions (pytest-salt-factories) + unit tests. Under 5 minutes.
+check: lint
+	@echo "== fast tier: tests/unit tests/salt"
+	$(PYTEST) -q --timeout=300 tests/unit tests/salt
+
+# The main job: build the base image (cached), boot the nodes, install Salt, deploy the cluster.
+lab:
+	$(PYTHON) -m lab up
+
+lab-down:
+	$(PYTHON) -m lab down
+
+lab-status:
+	$(PYTHON) -m lab status
+
+# Lab tier: deploys onto real Debian nodes (systemd-nspawn) and injects faults. Needs root.
+test-lab: venv
+	@echo "== lab tier: tests/lab"
+	$(PYTEST) -q -x --timeout=900 tests/lab
+
+test: check test-lab
+
+clean:
+	rm -rf $(VENV) .pytest_cache results/*.json results/*.jsonl
