@@ -1,0 +1,48 @@
+# Example production site pillar: copy to /etc/airflow-salt/pillar/airflow_site.sls and adapt.
+# (Secrets stay in /etc/airflow-salt/pillar/airflow/secrets/*.sls, never here.)
+#
+# mine_functions:
+#   airflow_address:
+#     mine_function: network.ip_addrs
+#     cidr: 10.20.0.0/16
+#
+# airflow:
+#   network:
+#     cidr: 10.20.0.0/16
+#   # Managed PostgreSQL (e.g. Amazon RDS): nothing is installed on airflow-db nodes (give no
+#   # minion that role); only the connection is configured. Password: airflow:secrets:db_password.
+#   database:
+#     external: True
+#     driver: postgresql            # or mysql (MySQL 8; adds the mysql extra + client headers)
+#     host: airflow-meta.abcdefgh1234.eu-central-1.rds.amazonaws.com
+#     port: 5432
+#     name: airflow
+#     user: airflow
+#   # Managed RabbitMQ (e.g. Amazon MQ); same idea.
+#   broker:
+#     external: True
+#     scheme: amqps
+#     host: b-1234.mq.eu-central-1.amazonaws.com
+#     port: 5671
+#     vhost: airflow
+#     user: airflow
+#   lb:
+#     host: airflow.example.internal   # a DNS name in front of the haproxy nodes
+#     port: 8080
+#   scheduler:
+#     # Two or more schedulers at once (Airflow supports it with row locks on PostgreSQL/MySQL 8).
+#     mode: active-active
+#   api_server:
+#     workers: 4
+#   worker:
+#     concurrency: 16
+#     queues: [default, heavy]
+#   # Any airflow.cfg option: {section: {key: value}}
+#   config:
+#     core:
+#       parallelism: 128
+#     celery:
+#       worker_prefetch_multiplier: 1
+#
+# More workers: give new machines the grain `roles: [airflow-worker]`, accept their keys and run
+# `salt-run state.orchestrate orch.deploy` (or a highstate on them): no registration needed.

@@ -1,0 +1,80 @@
+{#- PostgreSQL 15 metastore from Debian. With airflow:database:external (or driver mysql) this
+    installs nothing: the connection alone is configured in airflow.cfg. -#}
+{%- from 'airflow/map.jinja' import airflow, secret with context %}
+{%- set db = airflow.database %}
+{%- if not db.external and db.driver == 'postgresql' %}
+{%- set pgconf = '/etc/postgresql/' ~ db.postgresql_version ~ '/main' %}
+
+postgresql-packages:
+  pkg.installed:
+    - pkgs:
+      - postgresql
+      - postgresql-client
+
+postgresql-listen-addresses:
+  file.managed:
+    - name: {{ pgconf }}/conf.d/airflow.conf
+    - contents: |
+        # Managed by Salt (salt/airflow/db.sls)
+        listen_addresses = '*'
+        password_encryption = 'scram-sha-256'
+        max_connections = 200
+    - user: postgres
+    - group: postgres
+    - mode: '0644'
+    - require:
+      - pkg: postgresql-packages
+
+# Only the cluster network may reach the airflow database, only with SCRAM passwords.
+postgresql-pg-hba-airflow:
+  file.blockreplace:
+    - name: {{ pgconf }}/pg_hba.conf
+    - marker_start: '# BEGIN airflow (managed by Salt) --'
+    - marker_end: '# END airflow (managed by Salt) --'
+    - content: |
+        host    {{ db.name }}    {{ db.user }}    {{ airflow.network.cidr }}    scram-sha-256
+    - append_if_not_found: True
+    - require:
+      - pkg: postgresql-packages
+
+postgresql-service:
+  service.running:
+    - name: postgresql
+    - enable: True
+    - watch:
+      - file: postgresql-listen-addresses
+
+postgresql-reload-pg-hba:
+  module.run:
+    - service.reload:
+      - name: postgresql
+    - onchanges:
+      - file: postgresql-pg-hba-airflow
+    - require:
+      - service: postgresql-service
+
+airflow-db-role:
+  postgres_user.present:
+    - name: {{ db.user }}
+    - password: {{ secret('db_password')|json }}
+    - encrypted: scram-sha-256
+    - login: True
+    - user: postgres
+    - require:
+      - service: postgresql-service
+
+airflow-db-database:
+  postgres_database.present:
+    - name: {{ db.name }}
+    - owner: {{ db.user }}
+    - encoding: UTF8
+    - template: template0
+    - user: postgres
+    - require:
+      - postgres_user: airflow-db-role
+{%- else %}
+
+airflow-db-external:
+  test.succeed_without_changes:
+    - name: 'external {{ db.driver }} metastore at {{ db.host }}:{{ db.port }}: nothing to install'
+{%- endif %}

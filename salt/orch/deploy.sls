@@ -1,0 +1,101 @@
+{#- Full deployment in dependency order:
+      sync custom modules + refresh the mine (addresses) -> metastore (db) + broker
+      -> `airflow db migrate` (on the one master airflow.migrate selects) -> masters
+      -> workers + flower -> load balancer -> runner airflow.mark_deployed.
+    Run: salt-run state.orchestrate orch.deploy
+    Every step requires the previous one, so a failed step stops the run and the orchestration
+    returns failure. Steps whose role has no minion (e.g. external database) are left out. -#}
+{%- set roles = {} %}
+{%- for role in ['airflow-db', 'airflow-broker', 'airflow-master', 'airflow-worker', 'airflow-flower', 'airflow-lb'] %}
+{%-   set found = salt['saltutil.runner']('cache.grains', tgt='G@roles:' ~ role, tgt_type='compound') or {} %}
+{%-   do roles.update({role: found|length > 0}) %}
+{%- endfor %}
+{%- set last = ['airflow-mine-update'] %}
+
+airflow-sync-all:
+  salt.function:
+    - name: saltutil.sync_all
+    - tgt: '*'
+
+airflow-mine-update:
+  salt.function:
+    - name: mine.update
+    - tgt: '*'
+    - require:
+      - salt: airflow-sync-all
+
+{%- if roles['airflow-db'] %}
+
+airflow-deploy-db:
+  salt.state:
+    - tgt: 'G@roles:airflow-db'
+    - tgt_type: compound
+    - sls:
+      - airflow.db
+    - require:
+      - salt: airflow-mine-update
+{%-   do last.append('airflow-deploy-db') %}
+{%- endif %}
+
+{%- if roles['airflow-broker'] %}
+
+airflow-deploy-broker:
+  salt.state:
+    - tgt: 'G@roles:airflow-broker'
+    - tgt_type: compound
+    - sls:
+      - airflow.broker
+    - require:
+      - salt: airflow-mine-update
+{%-   do last.append('airflow-deploy-broker') %}
+{%- endif %}
+
+airflow-migrate-metastore:
+  salt.state:
+    - tgt: 'G@roles:airflow-master'
+    - tgt_type: compound
+    - sls:
+      - airflow.migrate
+    - require:
+{%- for step in last %}
+      - salt: {{ step }}
+{%- endfor %}
+
+airflow-deploy-masters:
+  salt.state:
+    - tgt: 'G@roles:airflow-master'
+    - tgt_type: compound
+    - highstate: True
+    - require:
+      - salt: airflow-migrate-metastore
+
+{%- set last = 'airflow-deploy-masters' %}
+{%- if roles['airflow-worker'] or roles['airflow-flower'] %}
+
+airflow-deploy-workers:
+  salt.state:
+    - tgt: 'G@roles:airflow-worker or G@roles:airflow-flower'
+    - tgt_type: compound
+    - highstate: True
+    - require:
+      - salt: airflow-deploy-masters
+{%-   set last = 'airflow-deploy-workers' %}
+{%- endif %}
+
+{%- if roles['airflow-lb'] %}
+
+airflow-deploy-lb:
+  salt.state:
+    - tgt: 'G@roles:airflow-lb'
+    - tgt_type: compound
+    - highstate: True
+    - require:
+      - salt: {{ last }}
+{%-   set last = 'airflow-deploy-lb' %}
+{%- endif %}
+
+airflow-mark-deployed:
+  salt.runner:
+    - name: airflow.mark_deployed
+    - require:
+      - salt: {{ last }}

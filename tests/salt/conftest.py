@@ -1,0 +1,178 @@
+"""Fast real-Salt test tier: ONE salt-master and four salt-minions for the whole session.
+
+Started with pytest-salt-factories as local processes (no systemd, nothing installed).
+
+Fixtures (session scope; reuse them in other tests/salt/test_*.py, e.g. test_healing*.py):
+
+``airflow_salt_paths``
+    dict of paths: ``repo`` (checkout), ``root`` (short temp root of the factories),
+    ``etc`` (stands in for /etc/airflow-salt: its ``pillar/`` holds the generated test secrets
+    ``airflow/secrets/*.sls`` and ``airflow_site.sls``), ``varlib`` (stands in for
+    /var/lib/airflow-salt: ``pillar/airflow_runtime.sls``, audit.jsonl, maintenance flag).
+``test_secrets``
+    dict {key: value} of the secrets written to the test pillar.
+``salt_master``
+    the running SaltMaster factory. Config: file_roots = repo ``salt/``; pillar_roots =
+    [etc/pillar, repo ``pillar/``, varlib/pillar]; runner_dirs = repo ``_runners``; plus
+    ``conf/master.d/airflow-reactor.conf`` when it exists, with /srv/airflow, /etc/airflow-salt
+    and /var/lib/airflow-salt in it rewritten to the repo / the temp dirs above.
+``salt_minions``
+    dict role-name -> running SaltMinion factory: ``master1`` (grain roles [airflow-master]),
+    ``master2`` ([airflow-master]), ``worker1`` ([airflow-worker]), ``infra`` ([airflow-db,
+    airflow-broker, airflow-lb]). Minion id == key. Mine (``airflow_address``, cidr 127.0.0.0/8 set
+    by the test airflow_site.sls) is updated at start, so every minion's address is 127.0.0.1.
+``salt_cli`` / ``salt_run_cli``
+    ``salt`` and ``salt-run`` CLIs of the master.
+``salt_call_cli``
+    ``salt-call`` CLI of minion master1 (other minions: ``salt_minions[name].salt_call_cli()``).
+
+Example: ``salt_cli.run("state.show_sls", "airflow.lb", minion_tgt="infra")`` -> ``ret.data``.
+"""
+import os
+import shutil
+import tempfile
+
+import pytest
+import yaml
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+MINION_ROLES = {
+    "master1": ["airflow-master"],
+    "master2": ["airflow-master"],
+    "worker1": ["airflow-worker"],
+    "infra": ["airflow-db", "airflow-broker", "airflow-lb"],
+}
+
+TEST_SECRETS = {
+    "cluster": {
+        "fernet_key": "x5nNYqK0U6GsBpdmNn3Mo-UaWyy8ksTcRX0sVUJ2Ghg=",
+        "api_secret": "test-api-secret-0123456789",
+    },
+    # '%' and '/' on purpose: must be URL-encoded and %-escaped in airflow.cfg.
+    "database": {"db_password": "db-pw%with/specials"},
+    "broker": {"broker_password": "broker-pw-test"},
+    "admin": {"admin_user": "admin", "admin_password": "admin-pw-test"},
+    "lb": {"lb_stats_password": "stats-pw-test"},
+}
+
+SITE_PILLAR = {
+    "mine_functions": {"airflow_address": {"mine_function": "network.ip_addrs", "cidr": "127.0.0.0/8", "include_loopback": True}},
+    "airflow": {"network": {"cidr": "127.0.0.0/8"}},
+}
+
+
+def _rewrite_paths(obj, mapping):
+    if isinstance(obj, dict):
+        return {k: _rewrite_paths(v, mapping) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rewrite_paths(v, mapping) for v in obj]
+    if isinstance(obj, str):
+        for old, new in mapping.items():
+            obj = obj.replace(old, new)
+    return obj
+
+
+@pytest.fixture(scope="session")
+def airflow_salt_paths():
+    # Short root: unix socket paths must fit in 107 characters (pytest's tmp_path is too long).
+    root = tempfile.mkdtemp(prefix="afs", dir="/tmp")
+    paths = {
+        "repo": REPO,
+        "root": root,
+        "etc": os.path.join(root, "etc-afs"),
+        "varlib": os.path.join(root, "var-afs"),
+    }
+    os.makedirs(os.path.join(paths["etc"], "pillar", "airflow", "secrets"))
+    os.makedirs(os.path.join(paths["varlib"], "pillar"))
+    yield paths
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_secrets(airflow_salt_paths):
+    pillar = os.path.join(airflow_salt_paths["etc"], "pillar")
+    flat = {}
+    for name, keys in TEST_SECRETS.items():
+        with open(os.path.join(pillar, "airflow", "secrets", name + ".sls"), "w") as fh:
+            yaml.safe_dump({"airflow": {"secrets": keys}}, fh)
+        flat.update(keys)
+    with open(os.path.join(pillar, "airflow_site.sls"), "w") as fh:
+        yaml.safe_dump(SITE_PILLAR, fh)
+    return flat
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config(airflow_salt_paths):
+    return {"root_dir": airflow_salt_paths["root"]}
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories, airflow_salt_paths, test_secrets):
+    paths = airflow_salt_paths
+    config = {
+        "file_roots": {"base": [os.path.join(REPO, "salt")]},
+        "pillar_roots": {
+            "base": [
+                os.path.join(paths["etc"], "pillar"),
+                os.path.join(REPO, "pillar"),
+                os.path.join(paths["varlib"], "pillar"),
+            ]
+        },
+        "runner_dirs": [os.path.join(REPO, "_runners")],
+        "log_level_logfile": "info",
+    }
+    reactor_conf = os.path.join(REPO, "conf", "master.d", "airflow-reactor.conf")
+    if os.path.exists(reactor_conf):
+        with open(reactor_conf) as fh:
+            extra = yaml.safe_load(fh) or {}
+        extra = _rewrite_paths(
+            extra,
+            {
+                "/srv/airflow": REPO,
+                "/etc/airflow-salt": paths["etc"],
+                "/var/lib/airflow-salt": paths["varlib"],
+            },
+        )
+        config.update(extra)
+    factory = salt_factories.salt_master_daemon("afmaster", overrides=config, max_start_attempts=1)
+    with factory.started():
+        yield factory
+
+
+@pytest.fixture(scope="session")
+def salt_minions(salt_master):
+    minions = {}
+    started = []
+    try:
+        for name, roles in MINION_ROLES.items():
+            factory = salt_master.salt_minion_daemon(
+                name, overrides={"grains": {"roles": roles}}, max_start_attempts=1
+            )
+            factory.start()
+            started.append(factory)
+            minions[name] = factory
+        cli = salt_master.salt_cli()
+        ret = cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*")
+        assert ret.returncode == 0, ret
+        ret = cli.run("mine.update", minion_tgt="*")
+        assert ret.returncode == 0, ret
+        yield minions
+    finally:
+        for factory in reversed(started):
+            factory.terminate()
+
+
+@pytest.fixture(scope="session")
+def salt_cli(salt_master, salt_minions):
+    return salt_master.salt_cli(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def salt_run_cli(salt_master, salt_minions):
+    return salt_master.salt_run_cli(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def salt_call_cli(salt_minions):
+    return salt_minions["master1"].salt_call_cli(timeout=120)
