@@ -1,0 +1,207 @@
+"""Salt setup "as a user would": master config from the repo, minion config + grains,
+keys accepted explicitly by name, secrets as pillar files, deploy by orchestration."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets as _secrets
+import subprocess
+import sys
+import time
+
+from . import nodes
+from .common import SALT_IP, SALT_NODE, SECRETS, STATE, LabError, minions, progress, topology
+
+SECRET_FILES = {
+    "cluster": ("fernet_key", "api_secret"),
+    "database": ("db_password",),
+    "broker": ("broker_password",),
+    "admin": ("admin_user", "admin_password"),
+    "lb": ("lb_stats_password",),
+}
+PILLAR_SECRETS_DIR = "/etc/airflow-salt/pillar/airflow/secrets"
+
+
+def load_secrets() -> dict:
+    """Secrets of the lab, generated once into STATE/secrets.yaml (flat `key: "value"` YAML)."""
+    if SECRETS.exists():
+        out = {}
+        for line in SECRETS.read_text().splitlines():
+            if ":" in line and not line.lstrip().startswith("#"):
+                k, v = line.split(":", 1)
+                v = v.strip()
+                out[k.strip()] = json.loads(v) if v.startswith('"') else v
+        return out
+    data = {
+        "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "api_secret": _secrets.token_hex(32),
+        "db_password": _secrets.token_hex(16),
+        "broker_password": _secrets.token_hex(16),
+        "admin_user": "admin",
+        "admin_password": _secrets.token_hex(12),
+        "lb_stats_password": _secrets.token_hex(12),
+    }
+    STATE.mkdir(parents=True, exist_ok=True)
+    fd = os.open(SECRETS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# airflow lab secrets (generated once; `python3 -m lab down --purge` deletes them)\n")
+        f.writelines(f"{k}: {json.dumps(v)}\n" for k, v in data.items())
+    return data
+
+
+def pillar_files(sec: dict) -> dict[str, str]:
+    out = {}
+    for name, keys in SECRET_FILES.items():
+        body = "".join(f"    {k}: {json.dumps(sec[k])}\n" for k in keys)
+        out[f"{PILLAR_SECRETS_DIR}/{name}.sls"] = "# written by the airflow lab driver\nairflow:\n  secrets:\n" + body
+    return out
+
+
+def _sh(node: str, script: str, timeout=120, input=None):
+    return nodes.exec_on(node, ["/bin/sh", "-ec", script], timeout=timeout, input=input)
+
+
+MASTER_SCRIPT = r"""
+mkdir -p /etc/salt/master.d {pdir}
+before=$(cat /etc/salt/master.d/*.conf 2>/dev/null | md5sum)
+for f in /srv/airflow/conf/master.d/*.conf; do [ -e "$f" ] && cp "$f" /etc/salt/master.d/; done
+after=$(cat /etc/salt/master.d/*.conf 2>/dev/null | md5sum)
+systemctl enable -q salt-master
+if [ "$before" != "$after" ] && systemctl -q is-active salt-master; then systemctl restart salt-master; fi
+systemctl start salt-master
+"""
+
+MINION_SCRIPT = r"""
+mkdir -p /etc/salt/minion.d
+printf 'master: {master}\nid: {node}\nacceptance_wait_time: 2\n' > /tmp/lab.conf
+printf '{grains}' > /tmp/grains
+changed=0
+cmp -s /tmp/lab.conf /etc/salt/minion.d/lab.conf || {{ mv /tmp/lab.conf /etc/salt/minion.d/lab.conf; changed=1; }}
+cmp -s /tmp/grains /etc/salt/grains || {{ mv /tmp/grains /etc/salt/grains; changed=1; }}
+rm -f /tmp/lab.conf /tmp/grains
+systemctl enable -q salt-minion
+if [ $changed = 1 ]; then systemctl restart salt-minion; else systemctl start salt-minion; fi
+"""
+
+
+def setup_master() -> None:
+    t0 = time.monotonic()
+    _sh(SALT_NODE, MASTER_SCRIPT.format(pdir=PILLAR_SECRETS_DIR))
+    for path, body in pillar_files(load_secrets()).items():
+        nodes.exec_on(SALT_NODE, ["/bin/sh", "-c", f"umask 077; cat > {path}.tmp && mv {path}.tmp {path}"],
+                      input=body)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if nodes.exec_on(SALT_NODE, ["salt-key", "-L", "--out=json"], check=False, timeout=30).returncode == 0:
+            progress(f"salt: salt-master up in {time.monotonic() - t0:.1f}s")
+            return
+        time.sleep(1)
+    raise LabError("salt-master did not come up (see `journalctl -u salt-master` on node salt)")
+
+
+def setup_minion(node: str) -> None:
+    roles = topology()[node]["roles"]
+    grains = "roles:\\n" + "".join(f"  - {r}\\n" for r in roles) if roles else "roles: []\\n"
+    _sh(node, MINION_SCRIPT.format(master=SALT_IP, node=node, grains=grains))
+
+
+def keys() -> dict:
+    p = nodes.exec_on(SALT_NODE, ["salt-key", "-L", "--out=json"], timeout=30)
+    return json.loads(p.stdout)
+
+
+def accept_keys(names: list[str], timeout=120) -> None:
+    """Accept each minion's key explicitly by name once it shows up (no auto_accept)."""
+    t0 = time.monotonic()
+    pending = set(names)
+    deadline = t0 + timeout
+    while pending and time.monotonic() < deadline:
+        k = keys()
+        for n in list(pending):
+            if n in k.get("minions", []):
+                pending.discard(n)
+            elif n in k.get("minions_pre", []):
+                nodes.exec_on(SALT_NODE, ["salt-key", "-y", "-a", n], timeout=30)
+                progress(f"salt: accepted key of {n}")
+                pending.discard(n)
+            elif n in k.get("minions_rejected", []) + k.get("minions_denied", []):
+                # a rebuilt node has a new key: drop the stale one and let the minion retry
+                nodes.exec_on(SALT_NODE, ["salt-key", "-y", "-d", n], timeout=30)
+                nodes.exec_on(n, ["systemctl", "restart", "salt-minion"], timeout=60)
+        if pending:
+            time.sleep(1)
+    if pending:
+        raise LabError(f"minion keys never showed up: {sorted(pending)}")
+
+
+def ping(names: list[str], timeout=120) -> None:
+    deadline = time.monotonic() + timeout
+    res = {}
+    while time.monotonic() < deadline:
+        p = nodes.exec_on(SALT_NODE, ["salt", "--out=json", "--static", "--timeout=10", "-L", ",".join(names),
+                                      "test.ping"], check=False, timeout=60)
+        try:
+            res = json.loads(p.stdout or "{}")
+        except ValueError:
+            res = {}
+        if all(res.get(n) is True for n in names):
+            return
+        time.sleep(2)
+    raise LabError(f"test.ping did not answer True for all: {res}")
+
+
+def setup_salt(names: list[str] | None = None) -> None:
+    """Master (if needed) + minions `names` (default: all): configure, accept keys, ping."""
+    from .common import parallel
+    t0 = time.monotonic()
+    names = names if names is not None else minions()
+    setup_master()
+    parallel(setup_minion, names, "salt-minion setup")
+    accept_keys(names)
+    ping(names)
+    progress(f"salt: {len(names)} minions answer test.ping ({time.monotonic() - t0:.1f}s)")
+
+
+def stream_on(node: str, argv, timeout=None) -> tuple[int, str]:
+    """Run on node, echo output live, return (rc, output)."""
+    p = subprocess.Popen(nodes.nsenter_argv(node, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, bufsize=1)
+    out = []
+    deadline = time.monotonic() + timeout if timeout else None
+    assert p.stdout
+    for line in p.stdout:
+        sys.stdout.write(line)
+        out.append(line)
+        if deadline and time.monotonic() > deadline:
+            p.kill()
+            raise LabError(f"{' '.join(argv)}: timeout after {timeout}s")
+    return p.wait(), "".join(out)
+
+
+def failed_steps(output: str) -> list[str]:
+    """Extract 'ID / Function / Comment' of every failed state from highstate output."""
+    fails = []
+    for block in re.split(r"\n\s*-{6,}\n", output):
+        if re.search(r"^\s*Result:\s*False", block, re.M):
+            keep = [ln.strip() for ln in block.splitlines()
+                    if re.match(r"\s*(ID|Function|Name|Comment|Result):", ln)]
+            fails.append(" | ".join(keep)[:600])
+    return fails
+
+
+def deploy(timeout=3600) -> float:
+    t0 = time.monotonic()
+    progress("deploy: salt-run state.orchestrate orch.deploy")
+    rc, out = stream_on(SALT_NODE, ["salt-run", "state.orchestrate", "orch.deploy", "--state-output=changes"],
+                        timeout=timeout)
+    dt = time.monotonic() - t0
+    fails = failed_steps(out)
+    bad = re.search(r"^\s*Failed:\s+[1-9]", out, re.M) or fails
+    if rc != 0 or bad:
+        for f in fails:
+            progress(f"deploy: FAILED STEP: {f}")
+        raise LabError(f"deploy failed (rc={rc}) after {dt:.0f}s")
+    progress(f"deploy: done in {dt:.0f}s")
+    return dt

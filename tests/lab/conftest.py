@@ -1,0 +1,151 @@
+"""Fixtures of the lab tier: a real multi-node cluster in systemd-nspawn nodes.
+
+Skipped (with the reason) unless running as root with systemd-nspawn and debootstrap,
+or when AIRFLOW_LAB_SKIP=1. AIRFLOW_LAB_FRESH=1 tears any existing lab down first and
+builds from bare nodes; otherwise a running, deployed lab is reused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "results"
+LB = "http://10.77.0.30:8080"
+STATS = "http://10.77.0.30:1936"
+
+
+def _skip_reason():
+    if os.environ.get("AIRFLOW_LAB_SKIP") == "1":
+        return "AIRFLOW_LAB_SKIP=1"
+    if os.geteuid() != 0:
+        return "lab tests need root"
+    for tool in ("systemd-nspawn", "debootstrap", "nsenter", "iptables"):
+        if not shutil.which(tool):
+            return f"lab tests need {tool} (apt-get install systemd-container debootstrap iptables)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _skip_reason()
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.lab)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def results_file(name: str, record: dict) -> None:
+    """Append one measurement as a JSON line to results/<name>.jsonl."""
+    RESULTS.mkdir(exist_ok=True)
+    record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
+    with open(RESULTS / f"{name}.jsonl", "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+@pytest.fixture(scope="session", name="results_file")
+def results_file_fixture():
+    return results_file
+
+
+def _deployed(api) -> bool:
+    """A lab is reusable when every node runs and haproxy answers the health endpoint."""
+    import urllib.request
+    if not all(api.is_running(n) for n in api.topology()):
+        return False
+    try:
+        with urllib.request.urlopen(LB + "/api/v2/monitor/health", timeout=5) as r:
+            return r.status == 200
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """The lab, up and deployed. Yields the lab.api module."""
+    from lab import api, common
+    timings = {}
+    t0 = time.monotonic()
+    if os.environ.get("AIRFLOW_LAB_FRESH") == "1":
+        api.lab_down()
+        timings["down"] = round(time.monotonic() - t0, 1)
+    if os.environ.get("AIRFLOW_LAB_FRESH") == "1" or not _deployed(api):
+        common.TIMINGS_FILE.unlink(missing_ok=True)
+        t1 = time.monotonic()
+        api.lab_up(deploy=True)
+        timings["up_with_deploy"] = round(time.monotonic() - t1, 1)
+        try:
+            timings.update(json.loads(common.TIMINGS_FILE.read_text()))
+        except (OSError, ValueError):
+            pass
+        timings["reused"] = False
+    else:
+        timings["reused"] = True
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "lab-timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+    yield api
+
+
+class AirflowAPI:
+    """Tiny REST client for Airflow 3 through haproxy with a JWT from /auth/token."""
+
+    def __init__(self, base, username, password):
+        import requests
+        self.base, self.username, self.password = base.rstrip("/"), username, password
+        self.s = requests.Session()
+        self.token = None
+
+    def _login(self):
+        r = self._retry("POST", "/auth/token", json={"username": self.username, "password": self.password},
+                        auth=False)
+        r.raise_for_status()
+        self.token = r.json()["access_token"]
+
+    def _retry(self, method, path, auth=True, tries=10, **kw):
+        import requests
+        last = None
+        for i in range(tries):
+            headers = kw.pop("headers", {}) or {}
+            if auth:
+                headers["Authorization"] = f"Bearer {self.token}"
+            try:
+                r = self.s.request(method, self.base + path, headers=headers, timeout=20, **kw)
+                if r.status_code < 500:
+                    return r
+                last = r
+            except requests.ConnectionError as e:
+                last = e
+            time.sleep(min(2 + i, 6))
+        if isinstance(last, Exception):
+            raise last
+        return last
+
+    def request(self, method, path, **kw):
+        if self.token is None:
+            self._login()
+        r = self._retry(method, path, **kw)
+        if r.status_code == 401:
+            self._login()
+            r = self._retry(method, path, **kw)
+        return r
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def patch(self, path, **kw):
+        return self.request("PATCH", path, **kw)
+
+
+@pytest.fixture(scope="session")
+def airflow_api(lab):
+    sec = lab.secrets()
+    return AirflowAPI(LB, sec["admin_user"], sec["admin_password"])

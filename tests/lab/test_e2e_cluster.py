@@ -1,0 +1,120 @@
+"""End to end on the deployed cluster: haproxy -> 2 api-servers, a DAG on both workers,
+idempotent highstate, and a worker that comes back by itself after a pulled plug."""
+import csv
+import io
+import json
+import time
+
+import pytest
+import requests
+
+LB = "http://10.77.0.30:8080"
+STATS_CSV = "http://10.77.0.30:1936/;csv"
+MASTERS = {"master1": "10.77.0.11", "master2": "10.77.0.12"}
+WORKERS = ("worker1", "worker2")
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def _wait(fn, timeout, every=3, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timeout after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def test_health_through_haproxy_and_both_api_servers(lab):
+    def healthy(base):
+        r = requests.get(base + "/api/v2/monitor/health", timeout=10)
+        return r.status_code == 200 and r.json()["metadatabase"]["status"] == "healthy" and r.json()
+    body = _wait(lambda: healthy(LB), 120, what="health via haproxy")
+    print("health via haproxy:", json.dumps(body))
+    for name, ip in MASTERS.items():
+        _wait(lambda: healthy(f"http://{ip}:8080"), 120, what=f"health of {name}")
+
+
+def test_haproxy_stats_show_both_backends_up(lab):
+    pw = lab.secrets()["lb_stats_password"]
+
+    def both_up():
+        r = requests.get(STATS_CSV, auth=("admin", pw), timeout=10)
+        r.raise_for_status()
+        rows = list(csv.DictReader(io.StringIO(r.text.lstrip("# "))))
+        servers = {row["svname"]: row["status"] for row in rows if row["pxname"] == "airflow_api"}
+        return all(servers.get(m, "").startswith("UP") for m in MASTERS) and servers
+    print("haproxy airflow_api:", _wait(both_up, 120, what="both backends UP"))
+
+
+@pytest.mark.timeout(600)
+def test_dag_runs_on_both_workers(lab, airflow_api, results_file):
+    dag = "cluster_smoke"
+    _wait(lambda: airflow_api.get(f"/api/v2/dags/{dag}").status_code == 200, 180, what=f"DAG {dag} parsed")
+    r = airflow_api.patch(f"/api/v2/dags/{dag}", json={"is_paused": False})
+    assert r.status_code == 200, r.text
+    t0 = time.monotonic()
+    r = airflow_api.post(f"/api/v2/dags/{dag}/dagRuns", json={"logical_date": None})
+    assert r.status_code in (200, 201), r.text
+    run_id = r.json()["dag_run_id"]
+
+    def finished():
+        st = airflow_api.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}").json()["state"]
+        assert st != "failed", f"dag run {run_id} failed"
+        return st == "success"
+    _wait(finished, 240, every=3, what=f"dag run {run_id}")
+    duration = time.monotonic() - t0
+    tis = airflow_api.get(f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    ran = {ti["task_id"]: (ti.get("hostname") or "").split(".")[0] for ti in tis}
+    print(f"dag run {run_id} took {duration:.1f}s; task -> host: {json.dumps(ran, sort_keys=True)}")
+    results_file("e2e", {"what": "dag_run", "seconds": round(duration, 1), "tasks": ran})
+    hosts = set(ran.values())
+    assert set(WORKERS) <= hosts, f"tasks did not run on both workers: {ran}"
+
+
+@pytest.mark.timeout(1500)
+def test_second_highstate_has_no_changes(lab, results_file):
+    t0 = time.monotonic()
+    p = lab.salt("salt", "--out=json", "--static", "--timeout=120", "*", "state.apply", check=False, timeout=1400)
+    dt = time.monotonic() - t0
+    res = json.loads(p.stdout)
+    changed = {}
+    for minion, states in res.items():
+        assert isinstance(states, dict), f"{minion}: {states}"
+        for sid, st in states.items():
+            assert st.get("result") is not False, f"{minion}: {sid}: {st.get('comment')}"
+            if st.get("changes"):
+                changed.setdefault(minion, []).append(sid)
+    results_file("e2e", {"what": "highstate_idempotent", "seconds": round(dt, 1), "changed": changed})
+    print(f"second highstate: {dt:.1f}s, changes: {changed}")
+    assert set(res) >= {"master1", "master2", "worker1", "worker2", "infra"}
+    assert not changed, f"highstate not idempotent: {json.dumps(changed, indent=1)}"
+
+
+@pytest.mark.timeout(600)
+def test_worker_comes_back_after_pulled_plug(lab, results_file):
+    node = "worker2"
+    lab.stop_node(node, hard=True)
+    assert not lab.is_running(node)
+    t0 = time.monotonic()
+    lab.start_node(node)
+
+    def worker_ok():
+        if lab.exec_on(node, ["systemctl", "is-active", "airflow-worker"], check=False).stdout.strip() != "active":
+            return False
+        p = lab.exec_on(node, ["/bin/sh", "-c",
+                               "cd /opt/airflow && sudo -u airflow -H env AIRFLOW_HOME=/opt/airflow "
+                               "/opt/airflow/venv/bin/celery --app airflow.providers.celery.executors.celery_executor.app "
+                               "inspect ping -d celery@$(hostname) --timeout 10 || "
+                               "/opt/airflow/venv/bin/airflow celery inspect ping 2>/dev/null"],
+                        check=False, timeout=90)
+        return p.returncode == 0 and "pong" in p.stdout.lower()
+    _wait(worker_ok, 300, every=5, what=f"{node} airflow-worker back")
+    dt = time.monotonic() - t0
+    results_file("e2e", {"what": "worker_recovery_after_hard_stop", "node": node, "seconds": round(dt, 1)})
+    print(f"{node} back in role {dt:.1f}s after boot started")

@@ -1,0 +1,69 @@
+"""The Vagrantfile: valid for Vagrant, same topology as the lab."""
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VF = REPO / "Vagrantfile"
+
+EXPECTED = {
+    "salt": ("2", []),
+    "master1": ("11", ["airflow-master"]),
+    "master2": ("12", ["airflow-master"]),
+    "worker1": ("21", ["airflow-worker"]),
+    "worker2": ("22", ["airflow-worker"]),
+    "infra": ("30", ["airflow-db", "airflow-broker", "airflow-lb"]),
+}
+
+
+def text():
+    return VF.read_text()
+
+
+def test_six_machines_with_ips_and_roles():
+    t = text()
+    for name, (octet, roles) in EXPECTED.items():
+        m = re.search(r'"%s"\s*=>\s*\{\s*ip:\s*"#\{NET\}\.(\d+)",\s*roles:\s*\[([^\]]*)\]' % name, t)
+        assert m, f"machine {name} missing"
+        assert m.group(1) == octet
+        assert re.findall(r'"([^"]+)"', m.group(2)) == roles
+    assert 'ENV.fetch("AIRFLOW_VM_NET", "192.168.77")' in t
+    assert "config.vm.define name" in t
+
+
+def test_grains_master_and_providers():
+    t = text()
+    assert "/etc/salt/grains" in t and "master: #{MASTER_IP}" in t and "id: #{name}" in t
+    assert 'provider "virtualbox"' in t and 'provider "libvirt"' in t
+    assert 'ENV.fetch("AIRFLOW_VM_BOX", "debian/bookworm64")' in t
+    assert "AIRFLOW_VM_CPUS" in t and "AIRFLOW_VM_MEMORY" in t
+    assert 'pip install -q "salt==#{SALT_VERSION}"' in t
+    assert "salt-key -y -a" in t and "auto_accept" not in t.replace("no auto_accept", "")
+
+
+def test_synced_folders():
+    t = text()
+    dirs = re.search(r"SYNCED_DIRS = %w\[([^\]]*)\]", t).group(1).split()
+    for d in ("salt", "pillar", "reactor", "_modules", "_beacons", "_runners", "conf"):
+        assert d in dirs
+    assert 'm.vm.synced_folder d, "/srv/airflow/#{d}"' in t
+    assert "/srv/airflow/conf/master.d/*.conf /etc/salt/master.d/" in t
+
+
+def test_ruby_syntax():
+    if not shutil.which("ruby"):
+        pytest.skip("ruby not installed")
+    p = subprocess.run(["ruby", "-c", str(VF)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_vagrant_validate(tmp_path):
+    if not shutil.which("vagrant"):
+        pytest.skip("vagrant not installed (apt-get install vagrant)")
+    p = subprocess.run(["vagrant", "validate", "--ignore-provider"], cwd=REPO, capture_output=True, text=True,
+                       timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
+                                         "VAGRANT_HOME": str(tmp_path / ".vagrant.d")})
+    assert p.returncode == 0, p.stdout + p.stderr
