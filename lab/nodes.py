@@ -19,6 +19,7 @@ from .common import (CACHE, NODE_PATH, NODES_DIR, REPO, SALT_IP, SALT_NODE, LabE
                      progress, run, topology)
 
 BOOT_TIMEOUT = 120
+NODE_PIP_CACHE = "/var/cache/airlab-pip"
 
 
 def ndir(node: str) -> Path:
@@ -75,6 +76,9 @@ def write_node_files(node: str) -> None:
     if rc.is_symlink():
         rc.unlink()
     rc.write_text(network.resolv_conf())
+    pc = root / "etc/pip.conf"
+    if pip_cache_enabled() and pc.exists() and "cache-dir" not in pc.read_text():
+        pc.write_text(pc.read_text() + f"cache-dir = {NODE_PIP_CACHE}\n")
     mid = root / "etc/machine-id"
     if not mid.exists() or not mid.read_text().strip():
         mid.write_text(uuid.uuid4().hex + "\n")
@@ -135,10 +139,17 @@ def _binds(node: str) -> list[str]:
     b = []
     if node == SALT_NODE:
         b.append(f"--bind-ro={REPO}:/srv/airflow")
-    if os.environ.get("AIRFLOW_LAB_PIP_CACHE", "1") != "0":
+    if pip_cache_enabled():
         (CACHE / "pip").mkdir(parents=True, exist_ok=True)
-        b.append(f"--bind={CACHE / 'pip'}:/root/.cache/pip")
+        os.chmod(CACHE / "pip", 0o1777)
+        b.append(f"--bind={CACHE / 'pip'}:{NODE_PIP_CACHE}")
     return b
+
+
+def pip_cache_enabled() -> bool:
+    """One pip cache on the host shared by all nodes (pip writes cache entries atomically).
+    AIRFLOW_LAB_PIP_CACHE=0 disables it."""
+    return os.environ.get("AIRFLOW_LAB_PIP_CACHE", "1") != "0"
 
 
 def wait_booted(node: str, timeout=BOOT_TIMEOUT) -> str:

@@ -191,11 +191,40 @@ def failed_steps(output: str) -> list[str]:
     return fails
 
 
+def _watch_jobs(stop, t0, every=20):
+    """While the orchestration runs (it prints only at the end), show the running jobs."""
+    last = None
+    while not stop.wait(every):
+        try:
+            p = nodes.exec_on(SALT_NODE, ["salt-run", "--log-level=quiet", "--out=json", "jobs.active"],
+                              check=False, timeout=30)
+            jobs = json.loads(p.stdout or "{}")
+        except (LabError, ValueError):
+            continue
+        desc = []
+        for j in jobs.values():
+            args = [a for a in j.get("Arguments", []) if isinstance(a, str)]
+            running = sorted({m for r in j.get("Running", []) for m in r})
+            if j.get("Function") != "runner.jobs.active":
+                desc.append(f"{j.get('Function')} {' '.join(args)} on {','.join(running)}")
+        line = "; ".join(sorted(desc)) or "(between steps)"
+        if line != last:
+            progress(f"deploy: {time.monotonic() - t0:.0f}s: running {line}")
+            last = line
+
+
 def deploy(timeout=3600) -> float:
+    import threading
     t0 = time.monotonic()
     progress("deploy: salt-run state.orchestrate orch.deploy")
-    rc, out = stream_on(SALT_NODE, ["salt-run", "state.orchestrate", "orch.deploy", "--state-output=changes"],
-                        timeout=timeout)
+    stop = threading.Event()
+    threading.Thread(target=_watch_jobs, args=(stop, t0), daemon=True).start()
+    try:
+        rc, out = stream_on(SALT_NODE, ["salt-run", "--log-level=error", "state.orchestrate", "orch.deploy",
+                                         "--state-output=changes"],
+                            timeout=timeout)
+    finally:
+        stop.set()
     dt = time.monotonic() - t0
     fails = failed_steps(out)
     bad = re.search(r"^\s*Failed:\s+[1-9]", out, re.M) or fails

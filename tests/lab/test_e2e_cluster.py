@@ -107,13 +107,11 @@ def test_worker_comes_back_after_pulled_plug(lab, results_file):
     def worker_ok():
         if lab.exec_on(node, ["systemctl", "is-active", "airflow-worker"], check=False).stdout.strip() != "active":
             return False
-        p = lab.exec_on(node, ["/bin/sh", "-c",
-                               "cd /opt/airflow && sudo -u airflow -H env AIRFLOW_HOME=/opt/airflow "
-                               "/opt/airflow/venv/bin/celery --app airflow.providers.celery.executors.celery_executor.app "
-                               "inspect ping -d celery@$(hostname) --timeout 10 || "
-                               "/opt/airflow/venv/bin/airflow celery inspect ping 2>/dev/null"],
-                        check=False, timeout=90)
-        return p.returncode == 0 and "pong" in p.stdout.lower()
+        # celery ping of celery@worker2 through the broker (the self-healing module's probe)
+        p = lab.salt("salt", "--out=json", "--static", "--timeout=30", node, "airflow_health.worker_ping",
+                     "timeout=5", check=False, timeout=90)
+        res = json.loads(p.stdout or "{}").get(node)
+        return isinstance(res, dict) and res.get("status") == "ok" and res
     _wait(worker_ok, 300, every=5, what=f"{node} airflow-worker back")
     dt = time.monotonic() - t0
     results_file("e2e", {"what": "worker_recovery_after_hard_stop", "node": node, "seconds": round(dt, 1)})
