@@ -173,8 +173,8 @@ def summarize_heartbeats(rows, stale_seconds):
 
 
 def read_airflow_cfg(path=AIRFLOW_CFG):
-    """Return a ConfigParser of airflow.cfg (interpolation off)."""
-    parser = configparser.ConfigParser(interpolation=None)
+    """Return a ConfigParser of airflow.cfg ('%%' -> '%' like Airflow's own parser)."""
+    parser = configparser.ConfigParser()
     with open(path, encoding="utf-8") as fh:
         parser.read_file(fh)
     return parser

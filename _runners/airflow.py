@@ -129,8 +129,8 @@ def decide_worker(status):
     """Action for a re-probed worker status: ignore | wait | restart | kill-restart."""
     if status == "ok":
         return "ignore"
-    if status in ("restarting", "unknown", "error", None):
-        return "wait"
+    if status in ("restarting", "unknown", "error", "absent", None):
+        return "wait"  # systemd is on it / no evidence / not installed here
     if status == "hung":
         return "kill-restart"
     return "restart"  # dead / absent unit running state
@@ -598,6 +598,22 @@ def _remediate_scheduler(reporter, cache):
                               failed=active)
 
 
+def ignored(minion="?", reason="malformed event"):
+    """
+    Record an ignored (malformed) event in the audit log; used by the reactor.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.ignored minion=worker1 reason='malformed health event'
+    """
+    minion = minion if isinstance(minion, str) and MINION_RE.match(minion) else "?"
+    reason = str(reason)[:200]
+    _audit("ignored", minion, None, reason, "ignored")
+    return {"result": "ignored", "reason": reason}
+
+
 def failover_scheduler(reason="manual", failed=None):
     """
     Move the active scheduler (active-standby mode) to a healthy master, fencing the old one.
@@ -869,6 +885,10 @@ def maintenance(action="status"):
     """
     _ensure_dir()
     flag = _path("maintenance")
+    if action is True:  # YAML/CLI parse "on"/"off" as booleans
+        action = "on"
+    elif action is False:
+        action = "off"
     if action == "on":
         with open(flag, "w", encoding="utf-8") as fh:
             fh.write(datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")

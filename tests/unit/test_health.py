@@ -139,7 +139,7 @@ def test_cfg_value_reads_file(tmp_path, monkeypatch):
     cfg = tmp_path / "airflow.cfg"
     cfg.write_text("[celery]\nbroker_url = amqp://u:p%%x@h:5672/v\n")
     monkeypatch.delenv("AIRFLOW__CELERY__BROKER_URL", raising=False)
-    assert ah._cfg_value("celery", "broker_url", str(cfg)) == "amqp://u:p%%x@h:5672/v"
+    assert ah._cfg_value("celery", "broker_url", str(cfg)) == "amqp://u:p%x@h:5672/v"
     with pytest.raises(KeyError):
         ah._cfg_value("celery", "nope", str(cfg))
 

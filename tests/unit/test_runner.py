@@ -72,7 +72,7 @@ def test_damping_counts_attempts_in_window_only():
 # ------------------------------------------------------------------ per-daemon decisions
 @pytest.mark.parametrize("status,action", [
     ("ok", "ignore"), ("hung", "kill-restart"), ("dead", "restart"),
-    ("restarting", "wait"), ("unknown", "wait"), (None, "wait")])
+    ("restarting", "wait"), ("unknown", "wait"), ("absent", "wait"), (None, "wait")])
 def test_decide_worker(status, action):
     assert rn.decide_worker(status) == action
 

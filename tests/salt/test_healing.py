@@ -1,0 +1,162 @@
+"""Self-healing layer on a real salt-master + minions (fast tier, shared tests/salt/conftest.py).
+
+Proves: the reactor config loads and maps our events; malformed and spoofed events change
+nothing (audited "ignored"; no runtime pillar written, no service touched); the maintenance
+switch pauses remediation; airflow.healing renders the beacon config from pillar.
+"""
+import json
+import os
+import time
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _audit(paths):
+    path = os.path.join(paths["varlib"], "audit.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _wait_audit(paths, pred, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        hits = [r for r in _audit(paths) if pred(r)]
+        if hits:
+            return hits
+        time.sleep(0.3)
+    raise AssertionError(f"no matching audit record in {timeout}s: {_audit(paths)[-5:]}")
+
+
+def _send(minion_factory, tag, data):
+    cli = minion_factory.salt_call_cli(timeout=60)
+    ret = cli.run("event.send", tag, data=data)
+    assert ret.returncode == 0, ret
+
+
+@pytest.fixture(scope="module")
+def synced(salt_cli, salt_minions):
+    ret = salt_cli.run("saltutil.sync_modules", minion_tgt="*")
+    assert ret.returncode == 0, ret
+    return True
+
+
+def _master_log(salt_master):
+    path = salt_master.config.get("log_file")
+    if path and os.path.exists(path):
+        with open(path, errors="replace") as fh:
+            return fh.read()
+    return ""
+
+
+def test_reactor_config_loaded(salt_master, airflow_salt_paths, salt_run_cli):
+    reactor = salt_master.config["reactor"]
+    tags = {list(entry)[0]: list(entry.values())[0] for entry in reactor}
+    assert "salt/beacon/*/airflow_health/*" in tags
+    assert "salt/minion/*/start" in tags and "salt/presence/change" in tags
+    for files in tags.values():
+        for path in files:
+            assert os.path.exists(path), path
+    assert salt_master.config["presence_events"] is True
+    assert salt_master.config["airflow_healing"]["state_dir"] == airflow_salt_paths["varlib"]
+    ret = salt_run_cli.run("airflow.maintenance", "status")
+    assert ret.returncode == 0 and ret.data == {"maintenance": False}, ret
+
+
+def test_module_synced_and_roles(salt_cli, synced):
+    ret = salt_cli.run("airflow_health.roles", minion_tgt="worker1")
+    assert ret.data == ["airflow-worker"], ret
+    ret = salt_cli.run("airflow_health.haproxy_set_server", "master1;x", "ready", minion_tgt="infra")
+    assert "invalid server name" in str(ret.data) or "invalid server name" in ret.stderr
+
+
+def test_spoofed_beacon_tag_from_worker_is_ignored(salt_minions, airflow_salt_paths, synced,
+                                                   salt_master):
+    before = len(_audit(airflow_salt_paths))
+    # worker1 claims, in the tag and the payload, that master1's scheduler is dead
+    _send(salt_minions["worker1"], "salt/beacon/master1/airflow_health/scheduler",
+          {"daemon": "scheduler", "status": "dead", "id": "master1"})
+    hits = _wait_audit(airflow_salt_paths,
+                       lambda r: r["action"] == "ignored" and r["minion"] == "worker1")
+    assert "does not match" in hits[-1]["reason"] or "role" in hits[-1]["reason"]
+    assert all(r["action"] in ("ignored",) for r in _audit(airflow_salt_paths)[before:])
+    assert "Failed to render" not in _master_log(salt_master)
+
+
+def test_spoofed_health_event_claiming_master_role_is_ignored(salt_minions, airflow_salt_paths,
+                                                              synced, salt_cli):
+    _send(salt_minions["worker1"], "airflow/health/scheduler",
+          {"daemon": "scheduler", "status": "dead", "id": "master1", "minion": "master1"})
+    hits = _wait_audit(airflow_salt_paths,
+                       lambda r: r["action"] == "ignored" and r["daemon"] == "scheduler"
+                       and "role airflow-master" in (r["reason"] or ""))
+    assert hits[-1]["minion"] == "worker1"  # acted on the authenticated id, not the claim
+    # nothing changed: no runtime pillar, scheduler placement as before
+    assert not os.path.exists(os.path.join(airflow_salt_paths["varlib"], "pillar",
+                                           "airflow_runtime.sls"))
+    assert not any(r["action"] in ("failover", "restart", "kill-restart", "fence")
+                   for r in _audit(airflow_salt_paths))
+
+
+def test_malformed_event_is_ignored(salt_minions, airflow_salt_paths, synced):
+    _send(salt_minions["worker1"], "airflow/health/worker",
+          {"daemon": "worker; reboot", "status": "dead"})
+    _wait_audit(airflow_salt_paths, lambda r: r["action"] == "ignored"
+                and r["reason"] == "malformed health event" and r["minion"] == "worker1")
+
+
+def test_reprobe_healthy_or_absent_does_nothing(salt_run_cli, airflow_salt_paths, synced):
+    # worker1 really is a worker; its (test) node has no airflow-worker unit: no action
+    open(os.path.join(airflow_salt_paths["varlib"], "deployed"), "w").close()
+    try:
+        ret = salt_run_cli.run("airflow.remediate", "worker1", "worker")
+        assert ret.returncode == 0, ret
+        assert ret.data["result"] in ("wait", "ignored"), ret.data
+    finally:
+        os.remove(os.path.join(airflow_salt_paths["varlib"], "deployed"))
+    assert not any(r.get("attempt") for r in _audit(airflow_salt_paths))
+
+
+def test_maintenance_switch_pauses_remediation(salt_run_cli, salt_minions, airflow_salt_paths,
+                                               synced):
+    assert salt_run_cli.run("airflow.maintenance", "on").data == {"maintenance": True}
+    try:
+        _send(salt_minions["worker1"], "airflow/health/worker", {"daemon": "worker",
+                                                                 "status": "hung"})
+        hits = _wait_audit(airflow_salt_paths, lambda r: r["action"] == "skipped"
+                           and r["minion"] == "worker1" and r["daemon"] == "worker")
+        assert hits[-1]["reason"] == "maintenance mode"
+    finally:
+        assert salt_run_cli.run("airflow.maintenance", "off").data == {"maintenance": False}
+    log = salt_run_cli.run("airflow.audit_log", "limit=5")
+    assert log.returncode == 0 and log.data[-1]["action"] == "maintenance"
+
+
+def _beacon_conf(ret_data):
+    state = [v for k, v in ret_data.items() if k == "airflow-healing-beacon-config"][0]
+    for item in state["file"]:
+        if isinstance(item, dict) and "dataset" in item:
+            conf = {}
+            for entry in item["dataset"]["beacons"]["airflow_health"]:
+                conf.update(entry)
+            return state, conf
+    raise AssertionError(state)
+
+
+def test_healing_sls_renders_beacon_config_from_pillar(salt_cli, synced):
+    ret = salt_cli.run("state.show_sls", "airflow.healing", minion_tgt="worker1")
+    assert ret.returncode == 0, ret
+    state, conf = _beacon_conf(ret.data)
+    assert conf["checks"] == ["worker"] and conf["interval"] == 3
+    assert any(i == {"name": "/etc/salt/minion.d/airflow-beacons.conf"} for i in state["file"])
+    restart = ret.data["airflow-healing-minion-restart"]["cmd"]
+    assert {"onchanges": [{"file": "airflow-healing-beacon-config"}]} in restart
+    ret = salt_cli.run("state.show_sls", "airflow.healing",
+                       'pillar={"airflow": {"healing": {"interval": 7, "refire": 60}}}',
+                       minion_tgt="master1")
+    _, conf = _beacon_conf(ret.data)
+    assert conf["checks"] == ["api-server", "scheduler", "dag-processor", "triggerer"]
+    assert conf["interval"] == 7 and conf["refire"] == 60.0
