@@ -38,6 +38,7 @@ DEFAULTS = {
     "worker_ping_timeout": 3,
     "heartbeat_stale": 15,
     "refire": 30,
+    "start_grace": 20,
 }
 
 # beacon memory (the loader keeps the module between calls)
@@ -67,7 +68,8 @@ def validate(config):
     checks = conf.get("checks", [])
     if not isinstance(checks, list) or any(c not in DAEMONS for c in checks):
         return False, f"airflow_health: checks must be a list of {', '.join(DAEMONS)}"
-    for key in ("worker_ping_failures", "worker_ping_timeout", "heartbeat_stale", "refire"):
+    for key in ("worker_ping_failures", "worker_ping_timeout", "heartbeat_stale", "refire",
+                "start_grace"):
         if key in conf:
             try:
                 if float(conf[key]) <= 0:
@@ -130,6 +132,8 @@ def _worker_status(conf, svc):
         failures = _PING["failures"]
         last = _PING["last"]
     if failures >= int(conf["worker_ping_failures"]):
+        if (svc.get("uptime") or 0) < float(conf["start_grace"]):
+            return "unknown", {}  # (re)starting worker: not answering yet is normal
         return "hung", {"ping_failures": failures, "last_ping": last}
     if last is None:
         return "unknown", {}

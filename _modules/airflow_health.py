@@ -228,7 +228,8 @@ def service(name):
     if not UNIT_RE.match(unit or ""):
         return {"unit": unit, "status": "error", "detail": "invalid unit name"}
     res = __salt__["cmd.run_all"](
-        ["systemctl", "show", "-p", "LoadState,ActiveState,SubState,NRestarts", unit],
+        ["systemctl", "show", "-p",
+         "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestampMonotonic", unit],
         python_shell=False,
         ignore_retcode=True,
         output_loglevel="quiet",
@@ -246,7 +247,22 @@ def service(name):
         "active_state": props.get("ActiveState"),
         "sub_state": props.get("SubState"),
         "n_restarts": restarts,
+        "uptime": unit_uptime(props),
     }
+
+
+def unit_uptime(props, now_monotonic=None):
+    """Seconds since the unit became active (systemd's monotonic clock), None if unknown."""
+    import time  # pylint: disable=import-outside-toplevel
+
+    try:
+        entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
+    except ValueError:
+        return None
+    if entered <= 0 or props.get("ActiveState") != "active":
+        return None
+    now = time.monotonic() if now_monotonic is None else now_monotonic
+    return round(max(0.0, now - entered / 1e6), 1)
 
 
 def api_server(url="http://127.0.0.1:8080/api/v2/monitor/health", timeout=3):
@@ -436,7 +452,7 @@ def check(worker_ping_timeout=5, heartbeat_stale=15):
     return result
 
 
-def probe(daemon, worker_ping_timeout=5, heartbeat_stale=15):
+def probe(daemon, worker_ping_timeout=5, heartbeat_stale=15, start_grace=20):
     """
     Health of ONE daemon on this node: ``{'status': ok|dead|hung|restarting|unknown, ...}``.
 
@@ -461,6 +477,8 @@ def probe(daemon, worker_ping_timeout=5, heartbeat_stale=15):
         ping = worker_ping(worker_ping_timeout)
         entry["ping"] = ping
         entry["status"] = {"ok": "ok", "hung": "hung"}.get(ping["status"], "unknown")
+        if entry["status"] == "hung" and (svc.get("uptime") or 0) < float(start_grace):
+            entry["status"] = "restarting"  # a (re)starting worker does not answer yet
     elif daemon == "api-server":
         api = api_server()
         entry["api"] = api

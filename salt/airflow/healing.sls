@@ -10,6 +10,7 @@
         worker_ping_timeout: 2
         heartbeat_stale: 15       # scheduler heartbeat age (s) -> "dead"
         refire: 30                # re-fire while still unhealthy
+        start_grace: 20           # a worker started less than this ago may not answer pings yet
         checks: {<role>: [daemons]}  -#}
 {%- set defaults = {
       'enabled': True,
@@ -18,6 +19,7 @@
       'worker_ping_timeout': 2,
       'heartbeat_stale': 15,
       'refire': 30,
+      'start_grace': 20,
       'checks': {
         'airflow-master': ['api-server', 'scheduler', 'dag-processor', 'triggerer'],
         'airflow-worker': ['worker'],
@@ -60,6 +62,7 @@ airflow-healing-beacon-config:
             - worker_ping_timeout: {{ healing.worker_ping_timeout|float }}
             - heartbeat_stale: {{ healing.heartbeat_stale|float }}
             - refire: {{ healing.refire|float }}
+            - start_grace: {{ healing.start_grace|float }}
     - require:
       - saltutil: airflow-healing-sync
 

@@ -68,7 +68,7 @@ def test_worker_ping_in_background_and_hung_after_failures(bcn):
         time.sleep(0.05)
         return {"status": "hung"}
 
-    bcn.__salt__ = {"airflow_health.service": lambda n: {"status": "ok"},
+    bcn.__salt__ = {"airflow_health.service": lambda n: {"status": "ok", "uptime": 300},
                     "airflow_health.worker_ping": ping}
     conf = [{"checks": ["worker"]}, {"worker_ping_failures": 2}, {"worker_ping_timeout": 1}]
     t0 = time.time()
@@ -99,3 +99,10 @@ def test_probe_exception_is_not_an_event(bcn):
         raise RuntimeError("x")
     bcn.__salt__ = {"airflow_health.probe": boom}
     assert bcn.beacon([{"checks": ["api-server"]}]) == []
+
+
+def test_worker_not_hung_during_start_grace(bcn):
+    bcn.__salt__ = {"airflow_health.service": lambda n: {"status": "ok", "uptime": 5},
+                    "airflow_health.worker_ping": lambda t: {"status": "hung"}}
+    bcn._PING["failures"] = 9
+    assert bcn.beacon([{"checks": ["worker"]}]) == []

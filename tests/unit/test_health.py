@@ -177,8 +177,17 @@ def test_probe_scheduler_maps_heartbeat(monkeypatch):
     assert ah.probe("scheduler")["status"] == "ok"
 
 
+def test_unit_uptime():
+    props = {"ActiveState": "active", "ActiveEnterTimestampMonotonic": "100000000"}
+    assert ah.unit_uptime(props, now_monotonic=130.0) == 30.0
+    assert ah.unit_uptime({"ActiveState": "failed"}, 1.0) is None
+
+
 def test_probe_worker_hung_when_unit_running_but_no_pong(monkeypatch):
-    monkeypatch.setattr(ah, "service", lambda n: {"status": "ok"})
+    monkeypatch.setattr(ah, "service", lambda n: {"status": "ok", "uptime": 5})
+    monkeypatch.setattr(ah, "worker_ping", lambda t: {"status": "hung"})
+    assert ah.probe("worker")["status"] == "restarting"  # start grace
+    monkeypatch.setattr(ah, "service", lambda n: {"status": "ok", "uptime": 300})
     monkeypatch.setattr(ah, "worker_ping", lambda t: {"status": "hung"})
     assert ah.probe("worker")["status"] == "hung"
     monkeypatch.setattr(ah, "service", lambda n: {"status": "restarting"})
