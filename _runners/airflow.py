@@ -595,7 +595,7 @@ def _remediate_scheduler(reporter, cache):
         # damped on the same node: move it
     return failover_scheduler(reason=f"no scheduler heartbeat ({hb.get('status')}), "
                                      f"active {active} reachable={reachable} unit={unit}",
-                              failed=active)
+                              failed=active, failed_reachable=reachable)
 
 
 def ignored(minion="?", reason="malformed event"):
@@ -614,7 +614,7 @@ def ignored(minion="?", reason="malformed event"):
     return {"result": "ignored", "reason": reason}
 
 
-def failover_scheduler(reason="manual", failed=None):
+def failover_scheduler(reason="manual", failed=None, failed_reachable=None):
     """
     Move the active scheduler (active-standby mode) to a healthy master, fencing the old one.
 
@@ -637,8 +637,10 @@ def failover_scheduler(reason="manual", failed=None):
             return {"result": "ignored", "reason": "active-active"}
         failed = failed or active
         masters = _minions_with_role("airflow-master", cache)
-        present = _present(masters)
-        others = [m for m in present if m != failed]
+        # ping the others first (fast: all answer), the failed one only if its state is unknown
+        others = _present([m for m in masters if m != failed])
+        if failed_reachable is None:
+            failed_reachable = bool(failed) and bool(_present([failed]))
         # a fresh heartbeat from someone else? then it already moved (or was never down)
         hb = _one(others[0], "airflow_health.scheduler_heartbeat",
                   [conf["heartbeat_stale"]]) if others else None
@@ -668,15 +670,25 @@ def failover_scheduler(reason="manual", failed=None):
             return {"result": "dry-run", "new": new}
         # fence the old one
         fence = "unreachable"
-        if failed and failed in present:
+        if failed and failed_reachable:
             stop = _one(failed, "service.stop", [UNITS["scheduler"]], timeout=60)
             disable = _one(failed, "service.disable", [UNITS["scheduler"]], timeout=30)
             fence = fencing_outcome(stop, disable)
         elif failed:
             fence = fencing_outcome(None, None)
-        hb = _one(new, "airflow_health.scheduler_heartbeat", [conf["heartbeat_stale"]])
-        old_hosts = {h.get("hostname") for h in ((hb or {}).get("schedulers") or [])
-                     if host_matches(h.get("hostname"), failed, cache.get(failed))}
+        # an unreachable old node may have heartbeated just before it vanished: wait until its
+        # heartbeat is stale (the ExecCondition guard would refuse the start before that anyway)
+        wait_until = time.time() + float(conf["heartbeat_stale"]) + 5
+        while True:
+            hb = _one(new, "airflow_health.scheduler_heartbeat", [conf["heartbeat_stale"]])
+            old_hosts = {h.get("hostname") for h in ((hb or {}).get("schedulers") or [])
+                         if host_matches(h.get("hostname"), failed, cache.get(failed))}
+            fresh = (hb or {}).get("fresh") or []
+            if may_start_new_scheduler(fence, hb, old_hosts) or fence != "unreachable":
+                break
+            if not fresh or not all(h in old_hosts for h in fresh) or time.time() > wait_until:
+                break
+            time.sleep(1)
         if not may_start_new_scheduler(fence, hb, old_hosts):
             _audit("failover", failed, "scheduler", reason, "refused-two-schedulers",
                    fence=fence, new=new)
@@ -689,10 +701,12 @@ def failover_scheduler(reason="manual", failed=None):
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(runtime_pillar_text(new))
         os.replace(tmp, path)
-        _cmd(masters, "saltutil.refresh_pillar", tgt_type="list",
-             timeout=conf["ping_timeout"] + 5)
         _one(new, "service.enable", [UNITS["scheduler"]], timeout=30)
         _one(new, "service.start", [UNITS["scheduler"]], timeout=60)
+        try:  # for later highstates; the start above did not wait for it
+            _client().cmd_async(others, "saltutil.refresh_pillar", tgt_type="list")
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("airflow healing: refresh_pillar failed: %s", exc)
         outcome = "unverified"
         deadline = time.time() + float(conf["scheduler_start_timeout"])
         while time.time() < deadline:
@@ -991,7 +1005,7 @@ def presence_changed(new=None, lost=None):
         # presence is TCP based: confirm the node is really gone before moving anything
         if not _present([active]):
             result["failover"] = failover_scheduler(reason=f"{active} lost (presence)",
-                                                    failed=active)
+                                                    failed=active, failed_reachable=False)
     result["lb"] = reconcile_lb(reason=f"presence new={new} lost={lost}")
     return result
 

@@ -180,6 +180,7 @@ def runner(tmp_path, monkeypatch):
     (tmp_path / "deployed").write_text("x")
     monkeypatch.setattr(mod, "_grains_cache", lambda tgt="*": dict(CACHE))
     monkeypatch.setattr(mod, "_fire", mock.Mock())
+    monkeypatch.setattr(mod, "_client", mock.Mock())
     return mod
 
 
@@ -286,6 +287,34 @@ def test_failover_unreachable_old_master(runner, tmp_path, monkeypatch):
     text = (tmp_path / "pillar" / "airflow_runtime.sls").read_text()
     assert rn.parse_runtime_pillar(text) == "master2"
     assert _audit(tmp_path)[-1]["action"] == "failover"
+
+
+def test_failover_waits_for_vanished_nodes_heartbeat_to_go_stale(runner, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "_scheduler_conf", lambda cache=None: ("active-standby", "master1"))
+    monkeypatch.setattr(runner, "_present", lambda ms: [m for m in ms if m != "master1"])
+    monkeypatch.setattr(runner, "_cmd", lambda *a, **k: {})
+    runner.__opts__["airflow_healing"]["heartbeat_stale"] = 3
+    t0 = time.time()
+    order = []
+
+    def one(minion, fun, arg=(), **kw):
+        if fun == "airflow_health.scheduler_heartbeat":
+            if "start" in order:
+                return {"status": "ok", "fresh": ["master2"], "schedulers": []}
+            if time.time() - t0 < 1.5:  # master1 heartbeated just before it vanished
+                return {"status": "ok", "fresh": ["master1"],
+                        "schedulers": [{"hostname": "master1", "age": 1}]}
+            return {"status": "stale", "fresh": [], "schedulers": [{"hostname": "master1", "age": 16}]}
+        if fun == "airflow_health.check":
+            return {"api-server": {"status": "ok"}, "dag-processor": {"status": "ok"}}
+        if fun == "service.start":
+            order.append("start")
+            assert time.time() - t0 >= 1.5, "started while the old one was still fresh"
+        return True
+
+    monkeypatch.setattr(runner, "_one", one)
+    res = runner.failover_scheduler("presence", failed="master1", failed_reachable=False)
+    assert res["result"] == "ok" and res["new"] == "master2"
 
 
 def test_failover_refused_when_old_still_heartbeats(runner, tmp_path, monkeypatch):

@@ -1,0 +1,326 @@
+"""Self-healing on the deployed lab (systemd layer + beacon/reactor/runner layer).
+
+Every test records detection/recovery times into results/self-healing.jsonl.
+Order matters only for speed; every test leaves the cluster healthy (a scheduler running on
+some master, all workers answering) and none depends on master1 being the active scheduler.
+"""
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+LB = "http://10.77.0.30:8080"
+
+WORKER = "worker1"
+MASTERS = ("master1", "master2")
+
+
+# ------------------------------------------------------------------ helpers
+def sh(lab, node, cmd, check=False, timeout=120):
+    return lab.exec_on(node, ["/bin/sh", "-c", cmd], check=check, timeout=timeout)
+
+
+def salt_json(lab, *argv, timeout=120):
+    p = lab.salt("salt", "--out=json", "--static", "--timeout=30", *argv, check=False,
+                 timeout=timeout)
+    try:
+        return json.loads(p.stdout or "{}")
+    except ValueError:
+        return {}
+
+
+def salt_run_json(lab, *argv, timeout=300):
+    p = lab.salt("salt-run", "--out=json", *argv, check=False, timeout=timeout)
+    try:
+        return json.loads(p.stdout or "null")
+    except ValueError:
+        return None
+
+
+def wait_for(fn, timeout, every=0.5, what="condition"):
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < timeout:
+        last = fn()
+        if last:
+            return time.monotonic() - t0, last
+        time.sleep(every)
+    raise AssertionError(f"timeout {timeout}s waiting for {what} (last: {last!r})")
+
+
+def worker_ping_ok(lab, node=WORKER):
+    res = salt_json(lab, node, "airflow_health.worker_ping", "timeout=2").get(node)
+    return isinstance(res, dict) and res.get("status") == "ok"
+
+
+def main_pid(lab, node, unit):
+    out = sh(lab, node, f"systemctl show -p MainPID --value {unit}").stdout.strip()
+    return int(out or 0)
+
+
+def heartbeat(lab, via):
+    res = salt_json(lab, via, "airflow_health.scheduler_heartbeat", "stale_seconds=15").get(via)
+    return res if isinstance(res, dict) else {}
+
+
+def audit_since(lab, t_wall, **match):
+    recs = salt_run_json(lab, "airflow.audit_log", "limit=200") or []
+    return [r for r in recs if r.get("ts", 0) >= t_wall
+            and all(r.get(k) == v for k, v in match.items())]
+
+
+def haproxy_servers(lab):
+    """{server: (status, scur)} of backend airflow_api from the runtime socket on infra."""
+    script = (
+        "import socket,csv,io,json\n"
+        "s=socket.socket(socket.AF_UNIX);s.connect('/run/haproxy/admin.sock')\n"
+        "s.sendall(b'show stat\\n');d=b''\n"
+        "while True:\n  c=s.recv(65536)\n  if not c: break\n  d+=c\n"
+        "t=d.decode().lstrip('# ')\n"
+        "print(json.dumps({r['svname']:[r['status'],r['scur']] for r in csv.DictReader(io.StringIO(t))"
+        " if r['pxname']=='airflow_api' and r['svname'] not in ('FRONTEND','BACKEND')}))\n"
+    )
+    p = lab.exec_on("infra", ["python3", "-c", script], check=False, timeout=20)
+    try:
+        return json.loads(p.stdout)
+    except ValueError:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def healing(lab):
+    """Healing enabled: modules/beacons synced, deploy marked, maintenance off, damping reset."""
+    lab.salt("salt", "*", "saltutil.sync_all", check=False, timeout=300)
+    salt_run_json(lab, "airflow.maintenance", "off")
+    status = salt_run_json(lab, "airflow.status", timeout=300) or {}
+    if not status.get("deployed"):
+        salt_run_json(lab, "airflow.mark_deployed")
+    # earlier runs' remediations must not damp this run's (max 3 per 10 min)
+    sh(lab, "salt", "test -f /var/lib/airflow-salt/audit.jsonl && "
+       "mv /var/lib/airflow-salt/audit.jsonl /var/lib/airflow-salt/audit.jsonl.$(date +%s)")
+    beacons = salt_json(lab, WORKER, "beacons.list", "return_yaml=False").get(WORKER)
+    assert "airflow_health" in json.dumps(beacons), f"beacon not configured on {WORKER}: {beacons}"
+    wait_for(lambda: worker_ping_ok(lab), 120, every=3, what="worker1 answering")
+    return lab
+
+
+def active_scheduler(lab):
+    res = salt_run_json(lab, "airflow.active_scheduler") or {}
+    return res.get("active")
+
+
+# ------------------------------------------------------------------ 1. crash -> systemd
+@pytest.mark.timeout(240)
+def test_worker_kill9_systemd_restarts(healing, results_file):
+    lab = healing
+    pid = main_pid(lab, WORKER, "airflow-worker")
+    assert pid > 0
+    t0 = time.monotonic()
+    sh(lab, WORKER, f"kill -9 {pid}", check=True)
+    detect, new = wait_for(lambda: (main_pid(lab, WORKER, "airflow-worker") not in (0, pid))
+                           and main_pid(lab, WORKER, "airflow-worker"), 60, 0.2,
+                           "systemd restarted airflow-worker")
+    wait_for(lambda: worker_ping_ok(lab), 120, 1, "worker answers ping")
+    recovery = time.monotonic() - t0
+    results_file("self-healing", {"test": "worker_kill9", "layer": "systemd",
+                                  "detection_s": round(detect, 1), "recovery_s": round(recovery, 1)})
+
+
+# ------------------------------------------------------------------ 2. hang -> beacon/reactor
+@pytest.mark.timeout(300)
+def test_worker_sigstop_hang_detected_and_restarted(healing, results_file):
+    lab = healing
+    # a worker started less than start_grace (20 s) ago is not judged: let it settle
+    time.sleep(20)
+    t_wall = time.time()
+    t0 = time.monotonic()
+    sh(lab, WORKER, "pkill -STOP -u airflow -f celery", check=True)
+    try:
+        detect, recs = wait_for(lambda: audit_since(lab, t_wall, minion=WORKER, daemon="worker",
+                                                    action="kill-restart"), 120, 1,
+                                "kill-restart of the hung worker in the audit log")
+        rec = recs[0]
+        wait_for(lambda: worker_ping_ok(lab), 90, 1, "worker answers ping again")
+        recovery = time.monotonic() - t0
+    finally:
+        sh(lab, WORKER, "pkill -CONT -u airflow -f celery")
+    detection = rec["ts"] - rec.get("seconds", 0) - t_wall  # remediation start after the hang
+    results_file("self-healing", {"test": "worker_sigstop", "layer": "beacon+reactor",
+                                  "detection_s": round(detection, 1),
+                                  "recovery_s": round(recovery, 1), "outcome": rec["outcome"],
+                                  "target_s": 15})
+    assert rec["outcome"] == "recovered"
+
+
+# ------------------------------------------------------------------ 3. no lost task
+@pytest.mark.timeout(480)
+def test_task_survives_killed_worker(healing, airflow_api, results_file):
+    lab = healing
+    r = airflow_api.post("/api/v2/dags/cluster_smoke/dagRuns",
+                         json={"logical_date": None, "conf": {}})
+    assert r.status_code in (200, 201), r.text
+    run_id = r.json()["dag_run_id"]
+    path = f"/api/v2/dags/cluster_smoke/dagRuns/{run_id}"
+
+    def tasks_busy():
+        tis = airflow_api.get(path + "/taskInstances").json().get("task_instances", [])
+        return [t for t in tis if t.get("state") in ("queued", "running")]
+
+    wait_for(tasks_busy, 180, 0.3, "cluster_smoke tasks queued/running")
+    t0 = time.monotonic()
+    sh(lab, WORKER, "pkill -KILL -u airflow -f celery", check=True)
+    dt, state = wait_for(lambda: (airflow_api.get(path).json().get("state")
+                                  in ("success", "failed")) and airflow_api.get(path).json()["state"],
+                         400, 3, "cluster_smoke run finished")
+    tis = airflow_api.get(path + "/taskInstances").json().get("task_instances", [])
+    retried = sum(1 for t in tis if (t.get("try_number") or 1) > 1)
+    results_file("self-healing", {"test": "task_survives_killed_worker", "run_state": state,
+                                  "finish_after_kill_s": round(dt, 1), "retried_tasks": retried})
+    assert state == "success"
+    wait_for(lambda: worker_ping_ok(lab), 120, 2, "worker1 back")
+
+
+# ------------------------------------------------------------------ 4. scheduler failover
+def _one_scheduler(lab, via):
+    hb = heartbeat(lab, via)
+    return hb.get("status") == "ok" and len(hb.get("fresh") or []) == 1 and hb
+
+
+def _heartbeat_runs(airflow_api):
+    r = airflow_api.get("/api/v2/dags/heartbeat/dagRuns",
+                        params={"order_by": "-run_after", "limit": 1})
+    runs = r.json().get("dag_runs", []) if r.status_code == 200 else []
+    return runs[0]["dag_run_id"] if runs else None
+
+
+@pytest.mark.timeout(600)
+def test_scheduler_kill_then_node_loss_failover(healing, airflow_api, results_file):
+    lab = healing
+    active = active_scheduler(lab)
+    assert active in MASTERS, active
+    standby = [m for m in MASTERS if m != active][0]
+    wait_for(lambda: _one_scheduler(lab, standby), 90, 2, "one fresh scheduler")
+
+    # (a) kill -9 the scheduler: systemd restarts it on the same node, still one scheduler
+    pid = main_pid(lab, active, "airflow-scheduler")
+    t0 = time.monotonic()
+    sh(lab, active, f"kill -9 {pid}", check=True)
+    dt, _ = wait_for(lambda: main_pid(lab, active, "airflow-scheduler") not in (0, pid), 60, 0.5,
+                     "scheduler restarted by systemd")
+    rec, hb = wait_for(lambda: _one_scheduler(lab, standby), 120, 1, "scheduler heartbeating")
+    assert sh(lab, standby, "systemctl is-active airflow-scheduler").stdout.strip() != "active"
+    results_file("self-healing", {"test": "scheduler_kill9", "layer": "systemd",
+                                  "detection_s": round(dt, 1),
+                                  "recovery_s": round(time.monotonic() - t0, 1)})
+
+    # (b) pull the plug of the active master: the standby takes over
+    before_run = _heartbeat_runs(airflow_api)
+    t_wall = time.time()
+    t0 = time.monotonic()
+    lab.stop_node(active, hard=True)
+    try:
+        def standby_heartbeats():
+            hb = heartbeat(lab, standby)
+            fresh = hb.get("fresh") or []
+            return any(h.split(".")[0] == standby for h in fresh) and hb
+        failover_s, hb = wait_for(standby_heartbeats, 180, 1, f"scheduler heartbeat from {standby}")
+        recs = audit_since(lab, t_wall, action="failover")
+        results_file("self-healing", {"test": "scheduler_failover_node_loss", "from": active,
+                                      "to": standby, "recovery_s": round(failover_s, 1),
+                                      "target_s": 30, "audit": recs[-1:] if recs else None})
+        assert active_scheduler(lab) == standby
+        # the heartbeat DAG keeps getting runs
+        wait_for(lambda: (_heartbeat_runs(airflow_api) or before_run) != before_run, 150, 5,
+                 "a new heartbeat DAG run")
+    finally:
+        lab.start_node(active)
+
+    # (c) the old master returns: it stays standby, exactly one scheduler
+    wait_for(lambda: salt_json(lab, active, "test.ping").get(active) is True, 180, 3,
+             f"{active} minion back")
+    time.sleep(20)  # minion start event -> airflow.minion_started fences it
+    for _ in range(5):
+        assert _one_scheduler(lab, standby), heartbeat(lab, standby)
+        state = sh(lab, active, "systemctl is-active airflow-scheduler").stdout.strip()
+        assert state != "active", f"{active} runs a scheduler again"
+        time.sleep(3)
+    results_file("self-healing", {"test": "returning_master_stays_standby", "node": active,
+                                  "scheduler_unit": state})
+
+
+# ------------------------------------------------------------------ 5. haproxy follows
+@pytest.mark.timeout(1200)
+def test_haproxy_follows_api_servers(healing, results_file):
+    lab = healing
+    from lab.common import topology
+
+    # (a) a new master joins: highstate installs Airflow, haproxy gets a backend for it
+    if "master3" not in topology():
+        lab.add_node("master3", ["airflow-master"], "10.77.0.13")
+    t0 = time.monotonic()
+    lab.salt("salt", "--timeout=900", "master3", "state.apply", check=False, timeout=1200)
+    salt_run_json(lab, "airflow.reconcile_lb", "reason=master3 added")
+    dt, _ = wait_for(lambda: (haproxy_servers(lab).get("master3") or [""])[0].startswith("UP"),
+                     180, 2, "master3 UP in haproxy")
+    results_file("self-healing", {"test": "new_master_in_haproxy",
+                                  "seconds_incl_install": round(time.monotonic() - t0, 1)})
+
+    # (b) stop master2's api-server: out of the backend; start it: back
+    t0 = time.monotonic()
+    sh(lab, "master2", "systemctl stop airflow-api-server", check=True)
+    try:
+        down_s, st = wait_for(lambda: not (haproxy_servers(lab).get("master2") or ["UP"])[0]
+                              .startswith("UP") and haproxy_servers(lab)["master2"], 60, 0.25,
+                              "master2 DOWN/MAINT")
+    finally:
+        sh(lab, "master2", "systemctl start airflow-api-server", check=True)
+    t1 = time.monotonic()
+    up_s, _ = wait_for(lambda: (haproxy_servers(lab).get("master2") or [""])[0].startswith("UP"),
+                       180, 0.5, "master2 UP again")
+    results_file("self-healing", {"test": "api_server_down_up", "down_detect_s": round(down_s, 1),
+                                  "target_s": 5, "down_state": st[0],
+                                  "back_up_s": round(up_s, 1)})
+
+    # (c) planned removal: drain with a request loop running -> zero failed requests
+    stop = threading.Event()
+    stats = {"ok": 0, "failed": 0, "errors": []}
+
+    def loop():
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                r = s.get(LB + "/api/v2/monitor/health", timeout=10)
+                if r.status_code == 200:
+                    stats["ok"] += 1
+                else:
+                    stats["failed"] += 1
+                    stats["errors"].append(r.status_code)
+            except requests.RequestException as exc:
+                stats["failed"] += 1
+                stats["errors"].append(type(exc).__name__)
+    workers = [threading.Thread(target=loop) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(2)
+        t0 = time.monotonic()
+        res = salt_run_json(lab, "airflow.drain_api_server", "master2")
+        drain_s = time.monotonic() - t0
+        state = (haproxy_servers(lab).get("master2") or [""])[0]
+        time.sleep(3)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+        salt_run_json(lab, "airflow.undrain_api_server", "master2")
+    results_file("self-healing", {"test": "planned_drain", "drain_s": round(drain_s, 1),
+                                  "requests_ok": stats["ok"], "requests_failed": stats["failed"],
+                                  "result": res})
+    assert res and res.get("result") == "drained", res
+    assert state.startswith("MAINT"), state
+    assert stats["failed"] == 0, stats["errors"][:10]
+    assert stats["ok"] > 10
+    wait_for(lambda: (haproxy_servers(lab).get("master2") or [""])[0].startswith("UP"), 60, 1,
+             "master2 back after undrain")
