@@ -22,21 +22,28 @@ def sh(lab, node, cmd, check=False, timeout=120):
     return lab.exec_on(node, ["/bin/sh", "-c", cmd], check=check, timeout=timeout)
 
 
+def _json(text, default):
+    """First JSON document in text (salt may print warnings around it)."""
+    text = text or ""
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    if not starts:
+        return default
+    try:
+        return json.JSONDecoder().raw_decode(text[min(starts):])[0]
+    except ValueError:
+        return default
+
+
 def salt_json(lab, *argv, timeout=120):
     p = lab.salt("salt", "--out=json", "--static", "--timeout=30", *argv, check=False,
                  timeout=timeout)
-    try:
-        return json.loads(p.stdout or "{}")
-    except ValueError:
-        return {}
+    res = _json(p.stdout, {})
+    return res if isinstance(res, dict) else {}
 
 
 def salt_run_json(lab, *argv, timeout=300):
     p = lab.salt("salt-run", "--out=json", *argv, check=False, timeout=timeout)
-    try:
-        return json.loads(p.stdout or "null")
-    except ValueError:
-        return None
+    return _json(p.stdout, None)
 
 
 def wait_for(fn, timeout, every=0.5, what="condition"):
