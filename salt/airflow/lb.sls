@@ -1,6 +1,5 @@
 {#- haproxy in front of the api-servers. Backends come from the mine (one server per airflow-master,
-    named by minion id); a changed config is checked with `haproxy -c` and then reloaded. -#}
-{%- from 'airflow/map.jinja' import airflow, nodes with context %}
+    named by minion id, rendered in the template so `slsutil.renderer` shows them); a changed config is checked with `haproxy -c` and then reloaded. -#}
 haproxy-package:
   pkg.installed:
     - name: haproxy
@@ -15,12 +14,6 @@ haproxy-config:
     - mode: '0640'
     - check_cmd: haproxy -c -f
     - show_changes: False
-    - context:
-        backends: {{ nodes['airflow-master']|json }}
-        api_port: {{ airflow.api_server.port }}
-        lb_port: {{ airflow.lb.port }}
-        stats_port: {{ airflow.lb.stats_port }}
-        stats_user: {{ airflow.lb.stats_user }}
     - require:
       - pkg: haproxy-package
 

@@ -176,3 +176,54 @@ def salt_run_cli(salt_master, salt_minions):
 @pytest.fixture(scope="session")
 def salt_call_cli(salt_minions):
     return salt_minions["master1"].salt_call_cli(timeout=120)
+
+
+def parse_states(data):
+    """show_highstate/show_sls data -> {state_id: {"fun": "file.managed", "sls": ..., **args}}."""
+    states = {}
+    for state_id, body in data.items():
+        for mod, items in body.items():
+            if mod.startswith("__"):
+                continue
+            args = {"sls": body.get("__sls__")}
+            fun = None
+            for item in items:
+                if isinstance(item, str):
+                    fun = item
+                else:
+                    args.update(item)
+            args["fun"] = f"{mod}.{fun}"
+            states[state_id] = args
+    return states
+
+
+@pytest.fixture(scope="session")
+def highstate(salt_cli):
+    """highstate(minion) -> parsed show_highstate of that minion (cached per session)."""
+    cache = {}
+
+    def _get(minion):
+        if minion not in cache:
+            ret = salt_cli.run("state.show_highstate", minion_tgt=minion)
+            assert ret.returncode == 0, ret
+            assert isinstance(ret.data, dict), ret.data
+            cache[minion] = parse_states(ret.data)
+        return cache[minion]
+
+    return _get
+
+
+@pytest.fixture(scope="session")
+def rendered(salt_cli):
+    """rendered(minion, 'salt://path.jinja') -> the file as Salt renders it on that minion."""
+    cache = {}
+
+    def _get(minion, path):
+        key = (minion, path)
+        if key not in cache:
+            ret = salt_cli.run("slsutil.renderer", path, "default_renderer=jinja", minion_tgt=minion)
+            assert ret.returncode == 0, ret
+            cache[key] = ret.data
+        return cache[key]
+
+    return _get

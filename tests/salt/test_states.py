@@ -1,0 +1,142 @@
+"""Each role's highstate renders on a real master/minion and contains what matters."""
+import pytest
+
+DAEMONS_MASTER = ["api-server", "dag-processor", "triggerer", "scheduler"]
+
+
+def _unit(states, name):
+    return states[f"airflow-{name}-unit"]
+
+
+def _watch(state):
+    return [list(w.items())[0] for w in state.get("watch", [])]
+
+
+@pytest.mark.parametrize("minion", ["master1", "master2"])
+def test_master_highstate_has_daemons_units_and_common_part(highstate, minion):
+    states = highstate(minion)
+    for sid in ["airflow-user", "airflow-pip-install", "airflow-config", "airflow-dags-folder",
+                "airflow-db-migrate", "airflow-auth-passwords-file", "airflow-systemd-daemon-reload"]:
+        assert sid in states, sid
+    assert states["airflow-config"]["mode"] == "0640"
+    assert states["airflow-config"]["user"] == "airflow"
+    assert states["airflow-auth-passwords-file"]["mode"] == "0600"
+    for name in DAEMONS_MASTER:
+        unit = _unit(states, name)
+        assert unit["fun"] == "file.managed"
+        assert unit["name"] == f"/etc/systemd/system/airflow-{name}.service"
+        assert unit["source"] == "salt://airflow/files/airflow-daemon.service.jinja"
+    for name in ["api-server", "dag-processor", "triggerer"]:
+        svc = states[f"airflow-{name}-service"]
+        assert svc["fun"] == "service.running" and svc["enable"] is True
+        assert {"sls": "airflow.migrate"} in svc["require"]
+    # no healing/worker/lb/db states leak in
+    assert "airflow-worker-service" not in states
+    assert "haproxy-config" not in states and "postgresql-service" not in states
+
+
+def test_daemon_watches_only_what_affects_it(highstate):
+    states = highstate("master1")
+    api = _watch(states["airflow-api-server-service"])
+    assert ("file", "airflow-api-server-unit") in api
+    assert ("file", "airflow-config") in api
+    assert ("cmd", "airflow-pip-install") in api
+    assert ("file", "airflow-auth-passwords-file") in api
+    trig = _watch(states["airflow-triggerer-service"])
+    assert sorted(trig) == sorted([("file", "airflow-triggerer-unit"), ("file", "airflow-config"),
+                                   ("cmd", "airflow-pip-install")])
+    assert ("file", "airflow-scheduler-guard-script") in _watch(states["airflow-scheduler-service"])
+
+
+def test_daemon_command_lines_carry_tuning(highstate):
+    m = highstate("master1")
+    assert _unit(m, "api-server")["context"]["command"] == "api-server --host 0.0.0.0 --port 8080 --workers 2"
+    w = highstate("worker1")
+    assert _unit(w, "worker")["context"]["command"] == "celery worker --concurrency 4 --queues default"
+    assert m["airflow-scheduler-unit"]["context"]["exec_condition"] == \
+        "/opt/airflow/venv/bin/python /opt/airflow/scheduler-guard.py"
+
+
+def test_active_standby_scheduler_runs_only_on_active_master(highstate):
+    m1, m2 = highstate("master1"), highstate("master2")
+    assert m1["airflow-scheduler-service"]["fun"] == "service.running"
+    assert m1["airflow-scheduler-service"]["enable"] is True
+    assert m2["airflow-scheduler-service"]["fun"] == "service.dead"
+    assert m2["airflow-scheduler-service"]["enable"] is False
+    assert "airflow-scheduler-unit" in m2  # unit file exists for a quick takeover
+    assert m2["airflow-scheduler-guard-script"]["context"]["mode"] == "active-standby"
+
+
+def test_active_active_scheduler_runs_on_every_master(salt_cli):
+    from conftest import parse_states
+
+    ret = salt_cli.run("state.show_sls", "airflow.scheduler",
+                       'pillar={"airflow": {"scheduler": {"mode": "active-active"}}}', minion_tgt="master*")
+    assert ret.returncode == 0, ret
+    assert sorted(ret.data) == ["master1", "master2"]
+    for minion, data in ret.data.items():
+        states = parse_states(data)
+        assert states["airflow-scheduler-service"]["fun"] == "service.running", minion
+        assert states["airflow-scheduler-guard-script"]["context"]["mode"] == "active-active"
+
+
+def test_runtime_pillar_moves_the_active_scheduler(salt_cli):
+    from conftest import parse_states
+
+    ret = salt_cli.run("state.show_sls", "airflow.scheduler",
+                       'pillar={"airflow": {"scheduler": {"active": "master2"}}}', minion_tgt="master2")
+    assert ret.returncode == 0, ret
+    assert parse_states(ret.data)["airflow-scheduler-service"]["fun"] == "service.running"
+
+
+def test_migration_runs_once_per_version_on_the_active_master_only(highstate):
+    mig1 = highstate("master1")["airflow-db-migrate"]
+    assert mig1["fun"] == "cmd.run"
+    assert "airflow db check-migrations -t 0" in mig1["name"]
+    assert "airflow db migrate" in mig1["name"]
+    assert mig1["creates"] == "/opt/airflow/.db-migrated-3.3.2"
+    assert mig1["runas"] == "airflow"
+    assert highstate("master2")["airflow-db-migrate"]["fun"] == "test.succeed_without_changes"
+
+
+def test_install_is_pinned_and_idempotent(highstate):
+    pip = highstate("worker1")["airflow-pip-install"]
+    assert '"apache-airflow[celery,postgres]==3.3.2" --constraint /opt/airflow/constraints-3.3.2.txt' in pip["name"]
+    assert ".airflow-install-spec" in pip["unless"]
+
+
+def test_worker_highstate(highstate):
+    states = highstate("worker1")
+    svc = states["airflow-worker-service"]
+    assert svc["fun"] == "service.running" and svc["enable"] is True
+    assert "airflow-config" in states and "airflow-dags-folder" in states
+    for absent in ["airflow-api-server-service", "airflow-scheduler-service", "airflow-auth-passwords-file",
+                   "airflow-db-migrate"]:
+        assert absent not in states
+
+
+def test_infra_highstate_db_broker_lb(highstate):
+    states = highstate("infra")
+    hba = states["postgresql-pg-hba-airflow"]
+    assert "host    airflow    airflow    127.0.0.0/8    scram-sha-256" in hba["content"]
+    assert "listen_addresses = '*'" in states["postgresql-listen-addresses"]["contents"]
+    assert states["airflow-db-role"]["fun"] == "postgres_user.present"
+    assert states["airflow-db-role"]["encrypted"] == "scram-sha-256"
+    assert states["airflow-db-database"]["owner"] == "airflow"
+    assert states["rabbitmq-guest-user-absent"]["fun"] == "rabbitmq_user.absent"
+    assert states["rabbitmq-guest-user-absent"]["name"] == "guest"
+    assert states["rabbitmq-airflow-user"]["perms"] == [{"airflow": [".*", ".*", ".*"]}]
+    assert states["haproxy-config"]["check_cmd"] == "haproxy -c -f"
+    assert states["haproxy-service"]["reload"] is True
+    assert not any(sid.startswith("airflow-") and sid.endswith("-service") for sid in states)
+
+
+def test_external_database_installs_nothing(salt_cli):
+    from conftest import parse_states
+
+    ret = salt_cli.run("state.show_sls", "airflow.db",
+                       'pillar={"airflow": {"database": {"external": true, "host": "rds.example"}}}',
+                       minion_tgt="infra")
+    assert ret.returncode == 0, ret
+    states = parse_states(ret.data)
+    assert list(states) == ["airflow-db-external"]

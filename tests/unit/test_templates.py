@@ -1,0 +1,85 @@
+"""Plain-Jinja2 rendering of the formula's file templates (no Salt needed)."""
+import configparser
+import os
+
+import jinja2
+import pytest
+
+SALT = os.path.join(os.path.dirname(__file__), "..", "..", "salt")
+
+
+@pytest.fixture(scope="module")
+def env():
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(SALT), extensions=["jinja2.ext.do"],
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+UNIT_CONTEXT = dict(name="worker", description="Celery worker", command="celery worker --concurrency 4",
+                    home="/opt/airflow", venv="/opt/airflow/venv", user="airflow", group="airflow",
+                    exec_condition="", start_limit_interval_sec=300, start_limit_burst=10,
+                    restart_sec=2, timeout_stop_sec=120)
+
+
+def _sections(text):
+    sections, current = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+        elif line and not line.startswith("#") and current is not None:
+            current.append(line)
+    return sections
+
+
+def test_unit_restart_policy_and_start_limit_in_unit_section(env):
+    text = env.get_template("airflow/files/airflow-daemon.service.jinja").render(**UNIT_CONTEXT)
+    s = _sections(text)
+    assert "StartLimitIntervalSec=300" in s["Unit"] and "StartLimitBurst=10" in s["Unit"]
+    assert not any(line.startswith("StartLimit") for line in s["Service"])
+    for line in ["User=airflow", "Environment=AIRFLOW_HOME=/opt/airflow",
+                 "ExecStart=/opt/airflow/venv/bin/airflow celery worker --concurrency 4",
+                 "Restart=on-failure", "RestartSec=2", "KillMode=mixed", "TimeoutStopSec=120"]:
+        assert line in s["Service"], line
+    assert not any(line.startswith("ExecCondition") for line in s["Service"])
+    assert s["Install"] == ["WantedBy=multi-user.target"]
+
+
+def test_unit_exec_condition(env):
+    ctx = dict(UNIT_CONTEXT, exec_condition="/opt/airflow/venv/bin/python /opt/airflow/scheduler-guard.py")
+    s = _sections(env.get_template("airflow/files/airflow-daemon.service.jinja").render(**ctx))
+    assert "ExecCondition=/opt/airflow/venv/bin/python /opt/airflow/scheduler-guard.py" in s["Service"]
+
+
+def test_airflow_cfg_escapes_percent(env):
+    settings = {"database": {"sql_alchemy_conn": "postgresql+psycopg2://a:p%25w@h:5432/d"},
+                "core": {"executor": "CeleryExecutor", "load_examples": "False"},
+                "logging": {"log_format": "%(asctime)s %(message)s"}}
+    text = env.get_template("airflow/files/airflow.cfg.jinja").render(settings=settings)
+    assert "sql_alchemy_conn = postgresql+psycopg2://a:p%%25w@h:5432/d" in text
+    parser = configparser.ConfigParser()  # Airflow's parser interpolates like this
+    parser.read_string(text)
+    assert parser["database"]["sql_alchemy_conn"] == "postgresql+psycopg2://a:p%25w@h:5432/d"
+    assert parser["logging"]["log_format"] == "%(asctime)s %(message)s"
+    assert parser["core"]["executor"] == "CeleryExecutor"
+
+
+def test_haproxy_cfg(env):
+    text = env.get_template("airflow/files/haproxy.cfg.jinja").render(
+        backends=[["master1", "10.77.0.11"], ["master2", "10.77.0.12"]], api_port=8080, lb_port=8080,
+        stats_port=1936, stats_user="admin", stats_password="pw")
+    assert "server master1 10.77.0.11:8080 check" in text
+    assert "server master2 10.77.0.12:8080 check" in text
+    backend = text.split("backend airflow_api", 1)[1].split("listen stats", 1)[0]
+    assert "option httpchk GET /api/v2/monitor/health" in backend
+    assert "http-check expect status 200" in backend
+    assert "default-server inter 2s fall 2 rise 1" in backend
+    assert "stats socket /run/haproxy/admin.sock mode 660 level admin" in text
+    assert "stats auth admin:pw" in text
+
+
+def test_scheduler_guard_template_compiles(env):
+    for mode in ["active-standby", "active-active"]:
+        src = env.get_template("airflow/files/scheduler-guard.py.jinja").render(
+            mode=mode, stale_seconds=15, home="/opt/airflow")
+        compile(src, "scheduler-guard.py", "exec")
+        assert f'MODE = "{mode}"' in src
