@@ -152,11 +152,21 @@ def pip_cache_enabled() -> bool:
     return os.environ.get("AIRFLOW_LAB_PIP_CACHE", "1") != "0"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def wait_booted(node: str, timeout=BOOT_TIMEOUT) -> str:
     deadline = time.monotonic() + timeout
     state = "?"
+    pf = _pidfile(node)
     while time.monotonic() < deadline:
-        if nspawn_pid(node) is None:
+        # right after the fork the child may not have exec'd systemd-nspawn yet: check the pid
+        raw = pf.read_text().strip() if pf.exists() else ""
+        if not (raw.isdigit() and _alive(int(raw))):
             tail = (ndir(node) / "console.log").read_text(errors="replace")[-2000:]
             raise LabError(f"{node}: systemd-nspawn exited during boot:\n{tail}")
         if leader(node):
