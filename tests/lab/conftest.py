@@ -19,6 +19,10 @@ RESULTS = REPO / "results"
 LB = "http://10.77.0.30:8080"
 STATS = "http://10.77.0.30:1936"
 
+# Traffic to the lab's node addresses never goes through an HTTP proxy of the host.
+for _var in ("no_proxy", "NO_PROXY"):
+    os.environ[_var] = ",".join(filter(None, [os.environ.get(_var), "10.77.0.0/24,10.77.0.30,10.77.0.11,10.77.0.12"]))
+
 
 def _skip_reason():
     if os.environ.get("AIRFLOW_LAB_SKIP") == "1":
@@ -59,8 +63,9 @@ def _deployed(api) -> bool:
     import urllib.request
     if not all(api.is_running(n) for n in api.topology()):
         return False
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(LB + "/api/v2/monitor/health", timeout=5) as r:
+        with opener.open(LB + "/api/v2/monitor/health", timeout=5) as r:
             return r.status == 200
     except Exception:  # noqa: BLE001
         return False
@@ -90,6 +95,21 @@ def lab():
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "lab-timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
     yield api
+    if os.environ.get("AIRFLOW_LAB_DOWN_AFTER") == "1":
+        # tear down at the end of the session and check that nothing of the lab is left
+        import subprocess
+        from lab import network
+        t2 = time.monotonic()
+        api.lab_down()
+        timings["down"] = round(time.monotonic() - t2, 1)
+        (RESULTS / "lab-timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+        assert not network.lab_netns(), network.lab_netns()
+        assert not network.lab_veths(), network.lab_veths()
+        assert not network.link_exists(common.BRIDGE)
+        assert not network.lab_rules_present(), network.lab_rules_present()
+        assert str(common.NODES_DIR) not in open("/proc/self/mountinfo").read()
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert not [ln for ln in ps.splitlines() if "systemd-nspawn" in ln and str(common.NODES_DIR) in ln]
 
 
 class AirflowAPI:
