@@ -7,6 +7,8 @@
 rabbitmq-server-package:
   pkg.installed:
     - name: rabbitmq-server
+    # rabbitmq_* states need rabbitmqctl: load them again after the install.
+    - reload_modules: True
 
 rabbitmq-server-service:
   service.running:

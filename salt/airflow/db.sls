@@ -10,6 +10,8 @@ postgresql-packages:
     - pkgs:
       - postgresql
       - postgresql-client
+    # postgres_* states need psql: load them again after the install.
+    - reload_modules: True
 
 postgresql-listen-addresses:
   file.managed:

@@ -11,9 +11,9 @@ airflow-install-os-packages:
   pkg.installed:
     - pkgs:
       - python3-venv
-      - python3-dev
 {%- if 'mysql' in airflow.extras %}
       - build-essential
+      - python3-dev
       - pkg-config
       - default-libmysqlclient-dev
 {%- endif %}

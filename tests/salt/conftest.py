@@ -31,6 +31,7 @@ Example: ``salt_cli.run("state.show_sls", "airflow.lb", minion_tgt="infra")`` ->
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -142,25 +143,22 @@ def salt_master(salt_factories, airflow_salt_paths, test_secrets):
 
 @pytest.fixture(scope="session")
 def salt_minions(salt_master):
-    minions = {}
-    started = []
-    try:
-        for name, roles in MINION_ROLES.items():
-            factory = salt_master.salt_minion_daemon(
-                name, overrides={"grains": {"roles": roles}}, max_start_attempts=1
-            )
-            factory.start()
-            started.append(factory)
-            minions[name] = factory
-        cli = salt_master.salt_cli()
-        ret = cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*")
-        assert ret.returncode == 0, ret
-        ret = cli.run("mine.update", minion_tgt="*")
-        assert ret.returncode == 0, ret
-        yield minions
-    finally:
-        for factory in reversed(started):
-            factory.terminate()
+    minions = {
+        name: salt_master.salt_minion_daemon(name, overrides={"grains": {"roles": roles}}, max_start_attempts=1)
+        for name, roles in MINION_ROLES.items()
+    }
+    # start/stop in parallel: each minion takes seconds to come up and to shut down
+    with ThreadPoolExecutor(len(minions)) as pool:
+        try:
+            list(pool.map(lambda f: f.start(), minions.values()))
+            cli = salt_master.salt_cli()
+            ret = cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*")
+            assert ret.returncode == 0, ret
+            ret = cli.run("mine.update", minion_tgt="*")
+            assert ret.returncode == 0, ret
+            yield minions
+        finally:
+            list(pool.map(lambda f: f.terminate(), minions.values()))
 
 
 @pytest.fixture(scope="session")
