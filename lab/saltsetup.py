@@ -213,7 +213,50 @@ def _watch_jobs(stop, t0, every=20):
             last = line
 
 
-def deploy(timeout=3600) -> float:
+def active_state_jobs() -> list[str]:
+    p = nodes.exec_on(SALT_NODE, ["salt-run", "--log-level=quiet", "--out=json", "jobs.active"],
+                      check=False, timeout=60)
+    try:
+        jobs = json.loads(p.stdout or "{}")
+    except ValueError:
+        return []
+    return [f"{j.get('Function')} on {','.join(sorted({m for r in j.get('Running', []) for m in r}))}"
+            for j in jobs.values() if str(j.get("Function", "")).startswith("state.")]
+
+
+def wait_quiet(timeout=600) -> None:
+    """Wait until no state run is active (e.g. one started by the self-healing reactor after
+    nodes came back): a concurrent run makes the orchestration's steps fail with
+    'The function "state.apply" is running as PID ...'."""
+    deadline = time.monotonic() + timeout
+    shown = False
+    while time.monotonic() < deadline:
+        busy = active_state_jobs()
+        if not busy:
+            return
+        if not shown:
+            progress(f"deploy: waiting for running state jobs to finish: {'; '.join(busy)}")
+            shown = True
+        time.sleep(3)
+    progress("deploy: state jobs still running; deploying anyway")
+
+
+def deploy(timeout=3600, attempts=2) -> float:
+    t0 = time.monotonic()
+    for attempt in range(1, attempts + 1):
+        wait_quiet()
+        try:
+            _deploy_once(timeout)
+            break
+        except LabError as e:
+            if attempt < attempts and "is running as PID" in str(e):
+                progress("deploy: a concurrent state run got in the way; retrying once")
+                continue
+            raise
+    return time.monotonic() - t0
+
+
+def _deploy_once(timeout):
     import threading
     t0 = time.monotonic()
     progress("deploy: salt-run state.orchestrate orch.deploy")
@@ -231,6 +274,7 @@ def deploy(timeout=3600) -> float:
     if rc != 0 or bad:
         for f in fails:
             progress(f"deploy: FAILED STEP: {f}")
-        raise LabError(f"deploy failed (rc={rc}) after {dt:.0f}s")
+        conflict = " (a concurrent state run: 'is running as PID')" if "is running as PID" in out else ""
+        raise LabError(f"deploy failed (rc={rc}) after {dt:.0f}s{conflict}")
     progress(f"deploy: done in {dt:.0f}s")
     return dt
