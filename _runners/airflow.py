@@ -245,17 +245,20 @@ def debounce_decision(my_ts, latest_request_ts, last_run_started_ts):
 def lb_runtime_actions(backends, api_health, drained=()):
     """
     Runtime haproxy actions. backends: [{'name', 'status'}] from show stat; api_health:
-    {minion: ok|dead|None(unreachable)}. Dead/unreachable -> maint; healthy and in MAINT
-    -> ready. Servers drained on purpose are left alone.
+    {minion: ok|dead|None(did not answer)}. A server whose node answered "dead" -> maint, but
+    never the last healthy one; healthy and in MAINT -> ready. Unanswered nodes are left to
+    haproxy's own health check (a salt hiccup must not empty the backend). Servers drained on
+    purpose are left alone.
     """
     actions = []
+    healthy = {n for n, h in (api_health or {}).items() if h == "ok"}
     for be in backends or []:
         name = be.get("name")
         if not name or name in drained or not MINION_RE.match(name):
             continue
         status = (be.get("status") or "").upper()
-        health = api_health.get(name, "unknown")
-        if health in ("dead", None) and not status.startswith("MAINT"):
+        health = api_health.get(name)
+        if health == "dead" and not status.startswith("MAINT") and healthy - {name}:
             actions.append((name, "maint"))
         elif health == "ok" and status.startswith("MAINT"):
             actions.append((name, "ready"))

@@ -154,7 +154,10 @@ def test_lb_runtime_actions():
     health = {"master1": "ok", "master2": "dead", "master3": "ok", "master4": "ok",
               "master5": None}
     assert rn.lb_runtime_actions(backends, health, drained={"master4"}) == [
-        ("master2", "maint"), ("master3", "ready"), ("master5", "maint")]
+        ("master2", "maint"), ("master3", "ready")]  # master5 unanswered: haproxy's check decides
+    # never maint the last healthy server, never act when salt cannot see anyone
+    assert rn.lb_runtime_actions([{"name": "master1", "status": "UP"}], {"master1": "dead"}) == []
+    assert rn.lb_runtime_actions(backends[:2], {"master1": None, "master2": None}) == []
 
 
 def test_runtime_pillar_roundtrip():
