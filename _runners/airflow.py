@@ -805,20 +805,27 @@ def reconcile_lb(reason="manual", quiet=None):
         if conf["dry_run"]:
             _audit("reconcile_lb", None, "api-server", reason, "dry-run")
             return {"result": "dry-run"}
+        health = _api_health(masters, present)
+        drained = _drained()
+        actions = {}
+
+        def runtime():  # fast path: admin socket, no reload
+            for lb in lbs:
+                backends = _one(lb, "airflow_health.haproxy_backends")
+                if not isinstance(backends, list):
+                    continue
+                for server, state in lb_runtime_actions(backends, health, drained):
+                    res = _one(lb, "airflow_health.haproxy_set_server", [server, state])
+                    actions.setdefault(lb, []).append(
+                        (server, state, bool(res and res.get("result"))))
+
+        runtime()
+        # slow path: backends from the mine (new/removed masters); a reload keeps connections
         if present:
             _cmd(present, "mine.update", tgt_type="list", timeout=conf["ping_timeout"] + 5)
         applied = _cmd(lbs, "state.apply", ["airflow.lb"], tgt_type="list",
                        timeout=conf["lb_apply_timeout"]) if lbs else {}
-        health = _api_health(masters, present)
-        drained = _drained()
-        actions = {}
-        for lb in lbs:
-            backends = _one(lb, "airflow_health.haproxy_backends")
-            if not isinstance(backends, list):
-                continue
-            for server, state in lb_runtime_actions(backends, health, drained):
-                res = _one(lb, "airflow_health.haproxy_set_server", [server, state])
-                actions.setdefault(lb, []).append((server, state, bool(res and res.get("result"))))
+        runtime()  # a reload resets runtime states
         ok = all(isinstance(v, dict) for v in applied.values()) and set(applied) == set(lbs)
         _audit("reconcile_lb", None, "api-server", reason, "ok" if ok else "partial",
                health=health, runtime=actions, seconds=round(time.time() - start, 1))
