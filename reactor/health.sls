@@ -1,6 +1,6 @@
 {#- Health events -> runner airflow.remediate (decisions live in _runners/airflow.py).
     Beacon:      tag salt/beacon/<minion>/airflow_health/<daemon>, data {id, daemon, status, ...}
-    event.send:  tag airflow/health/<daemon>, data {id (set by the master), data: {daemon, ...}}
+    event.send:  tag airflow/health/<daemon>, data: id (set by the master), data.daemon
     Only the minion id and an allow-listed daemon name are handed on; the runner verifies the
     role from the master's grains cache and re-probes the node. Malformed -> audited "ignored". -#}
 {%- set daemons = ['api-server', 'scheduler', 'dag-processor', 'triggerer', 'worker', 'flower',
