@@ -165,6 +165,7 @@ def test_worker_sigstop_hang_detected_and_restarted(healing, results_file):
 @pytest.mark.timeout(480)
 def test_task_survives_killed_worker(healing, airflow_api, results_file):
     lab = healing
+    airflow_api.patch("/api/v2/dags/cluster_smoke", json={"is_paused": False})
     r = airflow_api.post("/api/v2/dags/cluster_smoke/dagRuns",
                          json={"logical_date": None, "conf": {}})
     assert r.status_code in (200, 201), r.text
@@ -208,6 +209,7 @@ def test_scheduler_kill_then_node_loss_failover(healing, airflow_api, results_fi
     active = active_scheduler(lab)
     assert active in MASTERS, active
     standby = [m for m in MASTERS if m != active][0]
+    airflow_api.patch("/api/v2/dags/heartbeat", json={"is_paused": False})
     wait_for(lambda: _one_scheduler(lab, standby), 90, 2, "one fresh scheduler")
 
     # (a) kill -9 the scheduler: systemd restarts it on the same node, still one scheduler
