@@ -217,8 +217,9 @@ def _kill_tree(node: str) -> None:
             pass
 
 
-def stop(node: str, hard: bool = True, timeout: float = 60) -> None:
-    """Power the node off: hard = pulled plug (SIGKILL), else a clean systemd poweroff."""
+def stop(node: str, hard: bool = True, timeout: float = 180) -> None:
+    """Power the node off: hard = pulled plug (SIGKILL), else a clean systemd poweroff
+    (waits up to `timeout`: Celery workers get 120 s for a warm shutdown), then SIGKILL."""
     pid = nspawn_pid(node)
     if pid is None:
         return
