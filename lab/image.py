@@ -159,10 +159,24 @@ def ensure_image(force: bool = False) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prune_images(keep=final)
     dt = time.monotonic() - t0
     record_timing("image_build", dt)
     progress(f"image: built {final.name} in {dt:.0f}s")
     return final
+
+
+def prune_images(keep: Path) -> None:
+    """Delete images of older recipes that no node's overlay uses any more."""
+    from .common import NODES_DIR
+    used = {keep.resolve()}
+    if NODES_DIR.is_dir():
+        for f in NODES_DIR.glob("*/image"):
+            used.add(Path(f.read_text().strip()).resolve())
+    for p in IMAGES.iterdir():
+        if p.is_dir() and not p.name.startswith(".") and p.resolve() not in used:
+            progress(f"image: removing unused old image {p.name}")
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def purge_images() -> None:

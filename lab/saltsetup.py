@@ -140,15 +140,17 @@ def ping(names: list[str], timeout=120) -> None:
     deadline = time.monotonic() + timeout
     res = {}
     while time.monotonic() < deadline:
-        p = nodes.exec_on(SALT_NODE, ["salt", "--out=json", "--static", "--timeout=10", "-L", ",".join(names),
-                                      "test.ping"], check=False, timeout=60)
+        # short timeouts: a minion that has not re-authenticated since its key was accepted
+        # (it retries every acceptance_wait_time=2 s) would otherwise cost a 10+10 s wait
+        p = nodes.exec_on(SALT_NODE, ["salt", "--out=json", "--static", "--timeout=4", "--gather-job-timeout=4",
+                                      "-L", ",".join(names), "test.ping"], check=False, timeout=60)
         try:
             res = json.loads(p.stdout or "{}")
         except ValueError:
             res = {}
         if all(res.get(n) is True for n in names):
             return
-        time.sleep(2)
+        time.sleep(1)
     raise LabError(f"test.ping did not answer True for all: {res}")
 
 
@@ -160,6 +162,7 @@ def setup_salt(names: list[str] | None = None) -> None:
     setup_master()
     parallel(setup_minion, names, "salt-minion setup")
     accept_keys(names)
+    time.sleep(2)
     ping(names)
     progress(f"salt: {len(names)} minions answer test.ping ({time.monotonic() - t0:.1f}s)")
 
