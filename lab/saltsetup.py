@@ -142,7 +142,7 @@ def ping(names: list[str], timeout=120) -> None:
     while time.monotonic() < deadline:
         # short timeouts: a minion that has not re-authenticated since its key was accepted
         # (it retries every acceptance_wait_time=2 s) would otherwise cost a 10+10 s wait
-        p = nodes.exec_on(SALT_NODE, ["salt", "--out=json", "--static", "--timeout=4", "--gather-job-timeout=4",
+        p = nodes.exec_on(SALT_NODE, ["salt", "--out=json", "--static", "--timeout=5",
                                       "-L", ",".join(names), "test.ping"], check=False, timeout=60)
         try:
             res = json.loads(p.stdout or "{}")
