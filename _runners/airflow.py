@@ -823,8 +823,9 @@ def reconcile_lb(reason="manual", quiet=None):
         # slow path: backends from the mine (new/removed masters); a reload keeps connections
         if present:
             _cmd(present, "mine.update", tgt_type="list", timeout=conf["ping_timeout"] + 5)
+        # queue: wait for a state run already going on the lb node instead of failing
         applied = _cmd(lbs, "state.apply", ["airflow.lb"], tgt_type="list",
-                       timeout=conf["lb_apply_timeout"]) if lbs else {}
+                       timeout=conf["lb_apply_timeout"], kwarg={"queue": True}) if lbs else {}
         runtime()  # a reload resets runtime states
         ok = all(isinstance(v, dict) for v in applied.values()) and set(applied) == set(lbs)
         _audit("reconcile_lb", None, "api-server", reason, "ok" if ok else "partial",
@@ -954,6 +955,26 @@ def mark_deployed():
         fh.write(datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")
     _audit("deploy", None, None, "orch.deploy finished", "ok")
     return {"deployed": True}
+
+
+def deploy_started():
+    """
+    Pause automatic remediation while orch.deploy runs (it starts and restarts daemons that
+    the healing layer would otherwise see as failing). mark_deployed() at its end resumes it.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.deploy_started
+    """
+    _ensure_dir()
+    try:
+        os.remove(_path("deployed"))
+    except FileNotFoundError:
+        pass
+    _audit("deploy", None, None, "orch.deploy started: remediation paused", "started")
+    return {"deployed": False}
 
 
 def minion_started(minion):

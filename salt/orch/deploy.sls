@@ -1,5 +1,6 @@
 {#- Full deployment in dependency order:
       sync custom modules + refresh the mine (addresses) -> metastore (db) + broker
+      + the Airflow software on every Airflow node (in parallel)
       -> `airflow db migrate` (on the one master airflow.migrate selects) -> masters
       -> workers + flower -> load balancer -> runner airflow.mark_deployed.
     Run: salt-run state.orchestrate orch.deploy
@@ -12,10 +13,17 @@
 {%- endfor %}
 {%- set last = ['airflow-mine-update'] %}
 
+# The healing layer stands still while daemons are being (re)started by the deployment.
+airflow-pause-healing:
+  salt.runner:
+    - name: airflow.deploy_started
+
 airflow-sync-all:
   salt.function:
     - name: saltutil.sync_all
     - tgt: '*'
+    - require:
+      - salt: airflow-pause-healing
 
 airflow-mine-update:
   salt.function:
@@ -23,6 +31,21 @@ airflow-mine-update:
     - tgt: '*'
     - require:
       - salt: airflow-sync-all
+
+{%- if roles['airflow-master'] or roles['airflow-worker'] or roles['airflow-flower'] %}
+
+# The slow part (pip install of Airflow) runs on every Airflow node at once, beside db + broker.
+airflow-install-software:
+  salt.state:
+    - tgt: 'G@roles:airflow-master or G@roles:airflow-worker or G@roles:airflow-flower'
+    - tgt_type: compound
+    - sls:
+      - airflow
+    - parallel: True
+    - require:
+      - salt: airflow-mine-update
+{%-   do last.append('airflow-install-software') %}
+{%- endif %}
 
 {%- if roles['airflow-db'] %}
 
@@ -32,6 +55,7 @@ airflow-deploy-db:
     - tgt_type: compound
     - sls:
       - airflow.db
+    - parallel: True
     - require:
       - salt: airflow-mine-update
 {%-   do last.append('airflow-deploy-db') %}
@@ -45,6 +69,7 @@ airflow-deploy-broker:
     - tgt_type: compound
     - sls:
       - airflow.broker
+    - parallel: True
     - require:
       - salt: airflow-mine-update
 {%-   do last.append('airflow-deploy-broker') %}

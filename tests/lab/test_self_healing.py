@@ -341,3 +341,13 @@ def test_haproxy_follows_api_servers(healing, results_file):
     assert stats["ok"] > 10
     wait_for(lambda: (haproxy_servers(lab).get("master2") or [""])[0].startswith("UP"), 60, 1,
              "master2 back after undrain")
+
+    # (d) decommission master3 (node gone, key deleted): its backend leaves haproxy, and the
+    # lab is back to its seed topology for whatever runs next
+    t0 = time.monotonic()
+    lab.remove_node("master3")
+    salt_run_json(lab, "airflow.reconcile_lb", "reason=master3 removed")
+    gone_s, servers = wait_for(lambda: (lambda h: "master2" in h and "master3" not in h and h)(
+        haproxy_servers(lab)), 120, 1, "master3 out of haproxy")
+    results_file("self-healing", {"test": "master_removed_from_haproxy",
+                                  "seconds": round(time.monotonic() - t0, 1)})

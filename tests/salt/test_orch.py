@@ -15,12 +15,19 @@ def test_orchestration_order(salt_run_cli):
     def requires(sid):
         return {list(r.values())[0] for r in steps[sid].get("require", [])}
 
+    assert steps["airflow-pause-healing"]["name"] == "airflow.deploy_started"
     assert steps["airflow-sync-all"]["name"] == "saltutil.sync_all"
+    assert requires("airflow-sync-all") == {"airflow-pause-healing"}
+    # the pip install of Airflow runs beside db + broker, all before the migration
+    assert requires("airflow-install-software") == {"airflow-mine-update"}
+    assert steps["airflow-install-software"]["sls"] == ["airflow"]
+    for sid in ("airflow-install-software", "airflow-deploy-db", "airflow-deploy-broker"):
+        assert steps[sid]["parallel"] is True
     assert requires("airflow-mine-update") == {"airflow-sync-all"}
     assert requires("airflow-deploy-db") == {"airflow-mine-update"}
     assert requires("airflow-deploy-broker") == {"airflow-mine-update"}
-    assert requires("airflow-migrate-metastore") == {"airflow-mine-update", "airflow-deploy-db",
-                                                      "airflow-deploy-broker"}
+    assert requires("airflow-migrate-metastore") == {"airflow-mine-update", "airflow-install-software",
+                                                      "airflow-deploy-db", "airflow-deploy-broker"}
     assert steps["airflow-migrate-metastore"]["sls"] == ["airflow.migrate"]
     assert requires("airflow-deploy-masters") == {"airflow-migrate-metastore"}
     assert steps["airflow-deploy-masters"]["highstate"] is True
