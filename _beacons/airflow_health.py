@@ -39,6 +39,8 @@ DEFAULTS = {
     "heartbeat_stale": 15,
     "refire": 30,
     "start_grace": 20,
+    # the scheduler check starts a Python with SQLAlchemy (~1 s of CPU): at most this often
+    "scheduler_check_every": 6,
 }
 
 # beacon memory (the loader keeps the module between calls)
@@ -69,7 +71,7 @@ def validate(config):
     if not isinstance(checks, list) or any(c not in DAEMONS for c in checks):
         return False, f"airflow_health: checks must be a list of {', '.join(DAEMONS)}"
     for key in ("worker_ping_failures", "worker_ping_timeout", "heartbeat_stale", "refire",
-                "start_grace"):
+                "start_grace", "scheduler_check_every"):
         if key in conf:
             try:
                 if float(conf[key]) <= 0:
@@ -164,12 +166,16 @@ def beacon(config):
     for daemon in conf.get("checks") or []:
         if daemon not in DAEMONS:
             continue
+        entry = _STATE.setdefault(daemon, {"status": None, "last_fire": 0.0})
+        if daemon == "scheduler":
+            if now - entry.get("probed", 0.0) < float(conf["scheduler_check_every"]):
+                continue
+            entry["probed"] = now
         try:
             current, detail = _status_of(daemon, conf)
         except Exception as exc:  # pylint: disable=broad-except
             log.warning("airflow_health beacon: probe of %s failed: %s", daemon, exc)
             continue
-        entry = _STATE.setdefault(daemon, {"status": None, "last_fire": 0.0})
         fire, new_state = transition(entry["status"], current, entry["last_fire"], now,
                                      float(conf["refire"]))
         previous = entry["status"]

@@ -9,6 +9,7 @@
         worker_ping_failures: 2   # consecutive failed Celery pings -> "hung"
         worker_ping_timeout: 2
         heartbeat_stale: 15       # scheduler heartbeat age (s) -> "dead"
+        scheduler_check_every: 6  # the metastore query costs a Python start: not every interval
         refire: 30                # re-fire while still unhealthy
         start_grace: 20           # a worker started less than this ago may not answer pings yet
         checks: {<role>: [daemons]}  -#}
@@ -18,6 +19,7 @@
       'worker_ping_failures': 2,
       'worker_ping_timeout': 2,
       'heartbeat_stale': 15,
+      'scheduler_check_every': 6,
       'refire': 30,
       'start_grace': 20,
       'checks': {
@@ -61,6 +63,7 @@ airflow-healing-beacon-config:
             - worker_ping_failures: {{ healing.worker_ping_failures|int }}
             - worker_ping_timeout: {{ healing.worker_ping_timeout|float }}
             - heartbeat_stale: {{ healing.heartbeat_stale|float }}
+            - scheduler_check_every: {{ healing.scheduler_check_every|float }}
             - refire: {{ healing.refire|float }}
             - start_grace: {{ healing.start_grace|float }}
     - require:

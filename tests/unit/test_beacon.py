@@ -51,13 +51,26 @@ def test_transition(bcn, prev, cur, last, now, fire, state):
 def test_beacon_fires_only_on_change(bcn):
     statuses = iter(["ok", "ok", "dead", "dead", "ok"])
     bcn.__salt__ = {"airflow_health.probe": lambda d, heartbeat_stale=15: {"status": next(statuses)}}
-    conf = [{"checks": ["scheduler"]}, {"refire": 1000}]
-    fired = [bcn.beacon(conf) for _ in range(5)]
+    conf = [{"checks": ["scheduler"]}, {"refire": 1000}, {"scheduler_check_every": 0.001}]
+    fired = []
+    for _ in range(5):
+        fired.append(bcn.beacon(conf))
+        time.sleep(0.002)
     assert [len(f) for f in fired] == [0, 0, 1, 0, 1]
     ev = fired[2][0]
     assert ev == {"tag": "scheduler", "daemon": "scheduler", "status": "dead",
                   "previous": "ok", "detail": mock.ANY}
     assert fired[4][0]["status"] == "ok" and fired[4][0]["previous"] == "dead"
+
+
+def test_scheduler_check_is_throttled(bcn):
+    calls = []
+    bcn.__salt__ = {"airflow_health.probe":
+                    lambda d, heartbeat_stale=15: calls.append(d) or {"status": "ok"}}
+    conf = [{"checks": ["scheduler"]}, {"scheduler_check_every": 60}]
+    for _ in range(5):
+        bcn.beacon(conf)
+    assert calls == ["scheduler"]  # one metastore query per minute, not one per interval
 
 
 def test_worker_ping_in_background_and_hung_after_failures(bcn):
