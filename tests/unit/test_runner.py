@@ -361,3 +361,14 @@ def test_audit_log_limit(runner):
     for i in range(5):
         runner._audit("x", reason=str(i))
     assert [r["reason"] for r in runner.audit_log(2)] == ["3", "4"]
+
+
+def test_runner_and_module_agree_on_units_and_roles():
+    """The runner (master) and airflow_health (minions) are loaded by different Salt loaders and
+    cannot import each other: their daemon -> unit and daemon -> role maps must stay equal."""
+    spec = importlib.util.spec_from_file_location("airflow_health_mod", ROOT / "_modules/airflow_health.py")
+    health = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(health)
+    runner = _load()
+    assert runner.UNITS == health.UNITS
+    assert runner.DAEMON_ROLE == {d: role for role, ds in health.ROLE_DAEMONS.items() for d in ds}
