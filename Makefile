@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: venv lint check lab lab-down lab-status test-lab test bench clean
+.PHONY: venv lint check lab lab-down lab-status test-lab test bench-memory clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt
@@ -41,6 +41,10 @@ test-lab: venv
 	$(PYTEST) -q -x --timeout=900 tests/lab
 
 test: check test-lab
+
+# Memory of the running lab per node (PSS) -> results/lab-memory.json
+bench-memory:
+	$(PYTHON) -m bench.lab_memory
 
 clean:
 	rm -rf $(VENV) .pytest_cache results/*.json results/*.jsonl
