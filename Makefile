@@ -5,9 +5,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: venv lint check lab lab-down lab-status test-lab test bench-memory clean
+.PHONY: host-deps venv lint check lab lab-down lab-status test-lab test bench-memory clean
 
-venv: $(VENV)/.installed
+host-deps:
+	@tools/host-deps.sh
+
+venv: host-deps $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt
 	@echo "== creating $(VENV) (salt, pytest-salt-factories, salt-lint)"
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +29,7 @@ check: lint
 	$(PYTEST) -q --timeout=300 tests/unit tests/salt
 
 # The main job: build the base image (cached), boot the nodes, install Salt, deploy the cluster.
-lab:
+lab: host-deps
 	$(PYTHON) -m lab up
 
 lab-down:
