@@ -42,6 +42,7 @@ airflow-install-software:
     - sls:
       - airflow
     - parallel: True
+    - queue: True               # db and broker may share a minion: one state run waits
     - require:
       - salt: airflow-mine-update
 {%-   do last.append('airflow-install-software') %}
@@ -56,6 +57,7 @@ airflow-deploy-db:
     - sls:
       - airflow.db
     - parallel: True
+    - queue: True               # db and broker may share a minion: one state run waits
     - require:
       - salt: airflow-mine-update
 {%-   do last.append('airflow-deploy-db') %}
@@ -70,6 +72,7 @@ airflow-deploy-broker:
     - sls:
       - airflow.broker
     - parallel: True
+    - queue: True               # db and broker may share a minion: one state run waits
     - require:
       - salt: airflow-mine-update
 {%-   do last.append('airflow-deploy-broker') %}

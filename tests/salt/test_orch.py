@@ -23,6 +23,7 @@ def test_orchestration_order(salt_run_cli):
     assert steps["airflow-install-software"]["sls"] == ["airflow"]
     for sid in ("airflow-install-software", "airflow-deploy-db", "airflow-deploy-broker"):
         assert steps[sid]["parallel"] is True
+        assert steps[sid]["queue"] is True  # two of them on one minion must wait, not fail
     assert requires("airflow-mine-update") == {"airflow-sync-all"}
     assert requires("airflow-deploy-db") == {"airflow-mine-update"}
     assert requires("airflow-deploy-broker") == {"airflow-mine-update"}
