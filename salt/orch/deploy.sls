@@ -42,7 +42,6 @@ airflow-install-software:
     - sls:
       - airflow
     - parallel: True
-    - queue: True               # db and broker may share a minion: one state run waits
     - require:
       - salt: airflow-mine-update
 {%-   do last.append('airflow-install-software') %}
@@ -57,7 +56,6 @@ airflow-deploy-db:
     - sls:
       - airflow.db
     - parallel: True
-    - queue: True               # db and broker may share a minion: one state run waits
     - require:
       - salt: airflow-mine-update
 {%-   do last.append('airflow-deploy-db') %}
@@ -72,9 +70,12 @@ airflow-deploy-broker:
     - sls:
       - airflow.broker
     - parallel: True
-    - queue: True               # db and broker may share a minion: one state run waits
     - require:
       - salt: airflow-mine-update
+{%-   if roles['airflow-db'] %}
+      # db and broker often share a minion, which runs one state job at a time
+      - salt: airflow-deploy-db
+{%-   endif %}
 {%-   do last.append('airflow-deploy-broker') %}
 {%- endif %}
 
