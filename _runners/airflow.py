@@ -1009,6 +1009,27 @@ def minion_started(minion):
     return result
 
 
+def key_deleted(minion):
+    """
+    A minion's key was deleted (decommissioned node): its mine data is gone, so haproxy's
+    backends are rebuilt from the mine. Safe on a forged event: the reconcile only reads
+    fresh mine data and health, and a burst coalesces into one reload.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.key_deleted master3
+    """
+    if not isinstance(minion, str) or not MINION_RE.match(minion):
+        _audit("ignored", "?", None, "key_deleted: invalid minion id", "ignored")
+        return {"result": "ignored"}
+    gate = _gate(minion, "api-server")
+    if gate:
+        return gate
+    return {"result": "ok", "lb": reconcile_lb(reason=f"key of {minion} deleted")}
+
+
 def presence_changed(new=None, lost=None):
     """
     Presence change from the master: a lost active-scheduler master fails over, a lost or new

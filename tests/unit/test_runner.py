@@ -357,6 +357,14 @@ def test_presence_ignores_non_masters_and_garbage(runner, monkeypatch):
     runner.reconcile_lb.assert_not_called()
 
 
+def test_key_deleted_reconciles_lb_and_rejects_garbage(runner, monkeypatch):
+    monkeypatch.setattr(runner, "reconcile_lb", mock.Mock(return_value={"result": "ok"}))
+    assert runner.key_deleted("master3; rm -rf /")["result"] == "ignored"
+    runner.reconcile_lb.assert_not_called()
+    assert runner.key_deleted("master3")["result"] == "ok"
+    runner.reconcile_lb.assert_called_once_with(reason="key of master3 deleted")
+
+
 def test_audit_log_limit(runner):
     for i in range(5):
         runner._audit("x", reason=str(i))
