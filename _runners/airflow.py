@@ -977,6 +977,14 @@ def deploy_started():
     return {"deployed": False}
 
 
+def _valid_minion(minion, what):
+    """A minion id fit to act on; anything else is audited as ignored."""
+    if isinstance(minion, str) and MINION_RE.match(minion):
+        return True
+    _audit("ignored", "?", None, f"{what}: invalid minion id", "ignored")
+    return False
+
+
 def minion_started(minion):
     """
     A (re)started minion: a master that is not the active scheduler gets its scheduler
@@ -988,8 +996,7 @@ def minion_started(minion):
 
         salt-run airflow.minion_started master1
     """
-    if not isinstance(minion, str) or not MINION_RE.match(minion):
-        _audit("ignored", "?", None, "minion_started: invalid minion id", "ignored")
+    if not _valid_minion(minion, "minion_started"):
         return {"result": "ignored"}
     cache = _grains_cache()
     if "airflow-master" not in grain_roles(cache.get(minion)):
@@ -1021,8 +1028,7 @@ def key_deleted(minion):
 
         salt-run airflow.key_deleted master3
     """
-    if not isinstance(minion, str) or not MINION_RE.match(minion):
-        _audit("ignored", "?", None, "key_deleted: invalid minion id", "ignored")
+    if not _valid_minion(minion, "key_deleted"):
         return {"result": "ignored"}
     gate = _gate(minion, "api-server")
     if gate:
