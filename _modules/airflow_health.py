@@ -408,6 +408,26 @@ def haproxy_set_server(server, state, sock_path=HAPROXY_SOCKET):
     return {"server": server, "state": state, "result": not out, "detail": out}
 
 
+def daemons(role_list=None):
+    """
+    The cluster's daemon table (``_utils/airflow_daemons.py``): ``[{name, unit, role, probe}]``,
+    only the daemons of ``role_list`` when given. States read it with
+    ``salt['airflow_health.daemons'](roles)``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' airflow_health.daemons
+        salt worker1 airflow_health.daemons '[airflow-worker]'
+    """
+    rows = __utils__["airflow_daemons.table"]()
+    if role_list is None:
+        return rows
+    wanted = __utils__["airflow_daemons.daemons_for_roles"](role_list)
+    return [row for row in rows if row["name"] in wanted]
+
+
 def roles():
     """
     Roles of this node (grain ``roles``, a list).

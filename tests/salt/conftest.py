@@ -121,6 +121,7 @@ def salt_master(salt_factories, airflow_salt_paths, test_secrets):
             ]
         },
         "runner_dirs": [os.path.join(REPO, "_runners")],
+        "utils_dirs": [os.path.join(REPO, "_utils")],
         "log_level_logfile": "info",
     }
     reactor_conf = os.path.join(REPO, "conf", "master.d", "airflow-reactor.conf")

@@ -1,0 +1,103 @@
+"""
+The one daemon table of the Airflow cluster and the one minion-id rule (Salt utility module).
+
+Everything that names a daemon reads it from here: the execution module ``airflow_health``
+(minions), the beacon (through that module), the healing runner (master, through
+``__utils__``), the states (``salt['airflow_health.daemons']()``) and the reactor (which hands
+raw names to the runner, where they are checked against this table). ``tests/unit`` fails if
+any other file re-declares a daemon -> unit mapping or a minion-id pattern.
+
+Columns:
+    name   the daemon's name in events, audit records and the runner (``worker``)
+    unit   its systemd unit (``airflow-worker``)
+    role   the ``roles`` grain value that runs it (``airflow-worker``)
+    probe  how its health is seen beyond systemd:
+           ``unit``      systemd state only
+           ``api``       HTTP health endpoint (``/api/v2/monitor/health``)
+           ``heartbeat`` scheduler heartbeat in the metastore (cluster-wide)
+           ``ping``      Celery ping of this node's worker through the broker
+
+Pure data and pure functions: importable by Salt's utils loader and by plain Python (tests).
+"""
+
+import re
+
+__virtualname__ = "airflow_daemons"
+
+DAEMONS = (
+    {"name": "api-server", "unit": "airflow-api-server", "role": "airflow-master", "probe": "api"},
+    {"name": "scheduler", "unit": "airflow-scheduler", "role": "airflow-master", "probe": "heartbeat"},
+    {"name": "dag-processor", "unit": "airflow-dag-processor", "role": "airflow-master", "probe": "unit"},
+    {"name": "triggerer", "unit": "airflow-triggerer", "role": "airflow-master", "probe": "unit"},
+    {"name": "worker", "unit": "airflow-worker", "role": "airflow-worker", "probe": "ping"},
+    {"name": "flower", "unit": "airflow-flower", "role": "airflow-flower", "probe": "unit"},
+    {"name": "postgresql", "unit": "postgresql", "role": "airflow-db", "probe": "unit"},
+    {"name": "rabbitmq", "unit": "rabbitmq-server", "role": "airflow-broker", "probe": "unit"},
+    {"name": "haproxy", "unit": "haproxy", "role": "airflow-lb", "probe": "unit"},
+)
+
+#: Minion ids (and haproxy server names, which are minion ids): starts with a letter or digit,
+#: then letters, digits, ``_ . -``; at most 128 characters. Nothing that a shell, a path or a
+#: Salt target expression could interpret.
+MINION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+_MINION_ID_RE = re.compile(MINION_ID_PATTERN)
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def table():
+    """The daemon table: a list of ``{name, unit, role, probe}`` dicts (copies)."""
+    return [dict(row) for row in DAEMONS]
+
+
+def names():
+    """Daemon names in table order."""
+    return [row["name"] for row in DAEMONS]
+
+
+def get(name):
+    """The row of daemon ``name`` (a copy), or None when it is not in the table."""
+    for row in DAEMONS:
+        if row["name"] == name:
+            return dict(row)
+    return None
+
+
+def unit_of(name):
+    """systemd unit of daemon ``name`` (KeyError when unknown)."""
+    row = get(name)
+    if row is None:
+        raise KeyError(f"unknown daemon {name!r}")
+    return row["unit"]
+
+
+def role_of(name):
+    """Role that runs daemon ``name`` (KeyError when unknown)."""
+    row = get(name)
+    if row is None:
+        raise KeyError(f"unknown daemon {name!r}")
+    return row["role"]
+
+
+def roles():
+    """Every role that runs a daemon, in table order."""
+    out = []
+    for row in DAEMONS:
+        if row["role"] not in out:
+            out.append(row["role"])
+    return out
+
+
+def daemons_for_roles(role_list):
+    """Daemon names run by any role of ``role_list`` (a list or one string), in table order."""
+    if isinstance(role_list, str):
+        role_list = [role_list]
+    wanted = set(role_list or [])
+    return [row["name"] for row in DAEMONS if row["role"] in wanted]
+
+
+def valid_minion_id(value):
+    """True when ``value`` is a string that follows MINION_ID_PATTERN."""
+    return isinstance(value, str) and bool(_MINION_ID_RE.match(value))
