@@ -47,10 +47,10 @@ def main(argv=None) -> int:
             image.ensure_image(force=a.force)
         elif a.cmd == "status":
             rows = api.status()
-            print(f"{'NODE':10} {'IP':12} {'STATE':8} {'KEY':9} ROLES")
+            print(f"{'NODE':10} {'IP':12} {'STATE':8} {'KEY':9} {'CGROUP':22} ROLES")
             for r in rows:
                 print(f"{r['node']:10} {r['ip']:12} {'running' if r['running'] else 'stopped':8} "
-                      f"{r['key']:9} {r['roles']}")
+                      f"{r['key']:9} {r['cgroup']:22} {r['roles']}")
         elif a.cmd == "exec":
             cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
             if not cmd:

@@ -6,7 +6,7 @@ import json
 import shutil
 import time
 
-from . import image, network, nodes, saltsetup
+from . import cgroups, image, network, nodes, saltsetup
 from .common import (LB_URL, NODES_DIR, SALT_NODE, STATE, STATS_URL, SUBNET, TOPOLOGY_FILE, LabError,
                      minions, parallel, progress, record_timing, save_topology, topology)
 
@@ -52,6 +52,8 @@ def boot_all(names=None):
     names = names or list(topology())
     todo = [n for n in names if not nodes.is_running(n)]
     parallel(nodes.boot, names, "boot")
+    for path in cgroups.remove_legacy():  # once no node of an older driver is left in them
+        progress(f"cgroups: removed {path} (shared by all nodes in the old layout)")
     if todo:
         record_timing("boot", time.monotonic() - t0)
         progress(f"boot: {len(todo)} node(s) booted in {time.monotonic() - t0:.1f}s")
@@ -98,6 +100,8 @@ def lab_down(purge=False):
     t0 = time.monotonic()
     names = nodes.known_nodes()
     parallel(nodes.destroy, names, "destroy")
+    cgroups.remove_parent()
+    cgroups.remove_legacy()
     network.remove_bridge()
     TOPOLOGY_FILE.unlink(missing_ok=True)
     if NODES_DIR.exists():
@@ -125,8 +129,11 @@ def status():
             key = "pending"
         else:
             key = "-"
+        pid = nodes.nspawn_pid(n) if running else None
+        cgroup = ("-" if pid is None else cgroups.node_cgroup(n) if cgroups.in_own_cgroup(pid, n)
+                  else "shared")
         rows.append({"node": n, "ip": info["ip"], "running": running, "key": key,
-                     "roles": ",".join(info["roles"])})
+                     "cgroup": cgroup, "roles": ",".join(info["roles"])})
     return rows
 
 
@@ -162,6 +169,16 @@ def remove_node(name):
     progress(f"{name}: removed")
 
 
+def node_cgroups(node):
+    """{hierarchy: host directory} of node's own cgroup subtree (lab/cgroups.py)."""
+    return cgroups.node_dirs(node)
+
+
+def unit_cgroups(node, unit):
+    """{hierarchy: host directory} of a system unit's control group inside node."""
+    return cgroups.unit_cgroups(node, unit)
+
+
 def refresh_hosts():
     body = nodes.hosts_file()
     for n in topology():
@@ -170,4 +187,5 @@ def refresh_hosts():
 
 
 __all__ = ["exec_on", "salt", "salt_run", "node_ip", "is_running", "stop_node", "start_node", "add_node",
-           "remove_node", "lab_up", "lab_deploy", "lab_down", "secrets", "status", "minions"]
+           "remove_node", "lab_up", "lab_deploy", "lab_down", "secrets", "status", "minions", "node_cgroups",
+           "unit_cgroups"]

@@ -2,7 +2,8 @@
 
 The host here has no systemd as PID 1, so nspawn is started detached (new session, via
 a throwaway sh so it is re-parented to init) with a pidfile; commands run in a node with
-``nsenter -t <container PID 1> -a``.
+``nsenter -t <container PID 1> -a``. That sh first moves itself into the node's own cgroup
+(lab/cgroups.py), so each node's systemd manages a cgroup subtree nobody else uses.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import image, network
+from . import cgroups, image, network
 from .common import (CACHE, NODE_PATH, NODES_DIR, REPO, SALT_IP, SALT_NODE, LabError,
                      progress, run, topology)
 
@@ -180,12 +181,32 @@ def wait_booted(node: str, timeout=BOOT_TIMEOUT) -> str:
     raise LabError(f"{node}: not booted after {timeout}s (state {state})")
 
 
+# sh moves itself into the node's cgroups (nspawn starts there and puts the container in
+# <cgroup>/payload), backgrounds nspawn and exits: nspawn is re-parented to init (no zombie)
+LAUNCH_SCRIPT = ('exec 0</dev/null >>"$1" 2>&1; shift; pf="$1"; shift; '
+                 'IFS=:; for f in $LAB_CGROUP_PROCS; do echo $$ > "$f" || exit 1; done; unset IFS; '
+                 'unset LAB_CGROUP_PROCS; "$@" & echo $! > "$pf"')
+
+
+def launch(argv, log: Path, pidfile: Path, cgroup_procs) -> int:
+    """Start argv detached, from the cgroups whose cgroup.procs files are given; its pid goes
+    to pidfile, its output to log. Returns the launcher's exit code (not argv's)."""
+    env = dict(os.environ, LAB_CGROUP_PROCS=":".join(map(str, cgroup_procs)))
+    return subprocess.run(["sh", "-c", LAUNCH_SCRIPT, "sh", str(log), str(pidfile), *argv], env=env,
+                          start_new_session=True).returncode
+
+
 def boot(node: str) -> None:
     """Make node run: netns, overlay, boot. No-op if it already runs."""
     info = topology()[node]
     network.ensure_netns(node, info["ip"])
     if is_running(node):
-        return
+        if cgroups.in_own_cgroup(nspawn_pid(node), node):
+            return
+        # converge a lab booted by an older driver: all its nodes share one cgroup tree
+        progress(f"{node}: runs in the cgroup tree shared by all nodes (old layout): "
+                 "restarting it in a cgroup of its own")
+        stop(node, hard=False)
     t0 = time.monotonic()
     mount_overlay(node)
     write_node_files(node)
@@ -196,10 +217,12 @@ def boot(node: str) -> None:
     log = ndir(node) / "console.log"
     pf = _pidfile(node)
     pf.unlink(missing_ok=True)
-    # sh backgrounds nspawn and exits: nspawn is re-parented to init (no zombie in our process)
-    script = 'exec 0</dev/null >>"$1" 2>&1; shift; pf="$1"; shift; "$@" & echo $! > "$pf"'
-    subprocess.run(["sh", "-c", script, "sh", str(log), str(pf), *argv], check=True, start_new_session=True)
+    if launch(argv, log, pf, cgroups.prepare(node)) != 0:
+        raise LabError(f"{node}: cannot start systemd-nspawn in its cgroup {cgroups.node_cgroup(node)}:\n"
+                       + log.read_text(errors="replace")[-2000:])
     state = wait_booted(node)
+    if not cgroups.in_own_cgroup(nspawn_pid(node), node):
+        raise LabError(f"{node}: systemd-nspawn is not in its cgroup {cgroups.node_cgroup(node)}")
     progress(f"{node}: booted ({state}) in {time.monotonic() - t0:.1f}s at {info['ip']}")
 
 
@@ -236,6 +259,7 @@ def stop(node: str, hard: bool = True, timeout: float = 180) -> None:
     if nspawn_pid(node):
         raise LabError(f"{node}: systemd-nspawn (pid {pid}) did not exit")
     _pidfile(node).unlink(missing_ok=True)
+    cgroups.remove(node)
     progress(f"{node}: stopped ({'hard' if hard else 'graceful'})")
 
 
@@ -255,6 +279,7 @@ def destroy(node: str) -> None:
                     os.kill(int(p.name), signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+    cgroups.remove(node)  # waits until the node's killed processes have left its cgroups
     time.sleep(0.2) if mounted(merged(node)) else None
     unmount(node)
     network.remove_netns(node)

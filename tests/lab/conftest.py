@@ -108,6 +108,9 @@ def lab():
         assert not network.link_exists(common.BRIDGE)
         assert not network.lab_rules_present(), network.lab_rules_present()
         assert str(common.NODES_DIR) not in open("/proc/self/mountinfo").read()
+        from lab import cgroups
+        left = [h / cgroups.PARENT for h in cgroups.hierarchies().values() if (h / cgroups.PARENT).exists()]
+        assert not left, f"cgroup directories of the lab left: {left}"
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         assert not [ln for ln in ps.splitlines() if "systemd-nspawn" in ln and str(common.NODES_DIR) in ln]
 

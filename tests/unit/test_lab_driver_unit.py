@@ -118,3 +118,140 @@ def test_cli_help():
     assert p.returncode == 0
     for cmd in ("up", "down", "status", "deploy", "exec", "stop-node", "start-node", "add-node"):
         assert cmd in p.stdout
+
+
+# ------------------------------------------------------------------ per-node cgroups (lab/cgroups.py)
+HYBRID_MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+90 41 0:38 / /mnt/other\\040cg rw,relatime - cgroup2 cgroup2 rw
+"""
+V2_MOUNTINFO = "29 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
+PROC_CGROUP = """\
+9:name=systemd:/airflow-lab/worker1/supervisor
+4:memory:/process_api/abc
+2:cpu,cpuacct:/
+0::/airflow-lab/worker1/supervisor
+"""
+
+
+def test_cgroup_hierarchies_are_the_ones_systemd_tracks_with():
+    from pathlib import Path
+    from lab import cgroups
+    assert cgroups.hierarchies(HYBRID_MOUNTINFO) == {  # v1 controllers left alone; first mount wins
+        "name=systemd": Path("/sys/fs/cgroup/systemd"), "cgroup2": Path("/sys/fs/cgroup/unified")}
+    assert cgroups.hierarchies(V2_MOUNTINFO) == {"cgroup2": Path("/sys/fs/cgroup")}
+    assert cgroups.hierarchies(HYBRID_MOUNTINFO.replace("name=systemd", "pids")) == {
+        "cgroup2": Path("/sys/fs/cgroup/unified")}
+    assert cgroups._unescape("/mnt/other\\040cg") == "/mnt/other cg"
+
+
+def test_proc_cgroup_parsed_and_own_subtree_recognised():
+    from pathlib import Path
+    from lab import cgroups
+    cg = cgroups.parse_proc_cgroup(PROC_CGROUP)
+    assert cg["name=systemd"] == cg["cgroup2"] == "/airflow-lab/worker1/supervisor"
+    assert cg["cpu"] == cg["cpuacct"] == "/" and cg["memory"] == "/process_api/abc"
+    hier = cgroups.hierarchies(HYBRID_MOUNTINFO)
+    assert cgroups.is_own(cg, "worker1", hier)
+    assert not cgroups.is_own(cg, "worker", hier)  # a prefix of the name is another node
+    assert not cgroups.is_own(cg, "worker2", hier)
+    shared = cgroups.parse_proc_cgroup(PROC_CGROUP.replace("/airflow-lab/worker1", ""))
+    assert not cgroups.is_own(shared, "worker1", hier)  # the old layout: nspawn in /supervisor
+    half = dict(cg, cgroup2="/supervisor")
+    assert not cgroups.is_own(half, "worker1", hier)  # every tracking hierarchy must agree
+    assert not cgroups.is_own(cg, "worker1", {})
+    assert cgroups.node_dirs("worker1", hier) == {
+        "name=systemd": Path("/sys/fs/cgroup/systemd/airflow-lab/worker1"),
+        "cgroup2": Path("/sys/fs/cgroup/unified/airflow-lab/worker1")}
+    assert cgroups.unit_cgroups("worker1", "airflow-worker", hier)["cgroup2"] == Path(
+        "/sys/fs/cgroup/unified/airflow-lab/worker1/payload/system.slice/airflow-worker.service")
+
+
+def _fake_hier(tmp_path):
+    hier = {"name=systemd": tmp_path / "systemd", "cgroup2": tmp_path / "unified"}
+    for h in hier.values():
+        h.mkdir()
+    return hier
+
+
+def test_cgroup_prepare_and_remove_on_a_fake_hierarchy(tmp_path):
+    from lab import cgroups
+    hier = _fake_hier(tmp_path)
+    procs = cgroups.prepare("worker1", hier=hier)
+    assert procs == [tmp_path / "systemd/airflow-lab/worker1/cgroup.procs",
+                     tmp_path / "unified/airflow-lab/worker1/cgroup.procs"]
+    cgroups.prepare("worker2", hier=hier)
+    # what nspawn and the node's systemd create below it, with a process left in a unit
+    unit = tmp_path / "systemd/airflow-lab/worker1/payload/system.slice/x.service"
+    unit.mkdir(parents=True)
+    (unit / "cgroup.procs").write_text("4242\n")
+    assert cgroups.procs(tmp_path / "systemd/airflow-lab/worker1") == [4242]
+    killed = []
+
+    def kill(pid, sig):  # the process exits on SIGKILL: its pid leaves cgroup.procs
+        killed.append((pid, sig))
+        (unit / "cgroup.procs").unlink()
+    cgroups.remove("worker1", hier=hier, kill=kill)
+    assert killed == [(4242, 9)]
+    assert not (tmp_path / "systemd/airflow-lab/worker1").exists()
+    assert not (tmp_path / "unified/airflow-lab/worker1").exists()
+    assert (tmp_path / "systemd/airflow-lab/worker2").is_dir()  # the other node is untouched
+    cgroups.remove("worker2", hier=hier)
+    assert not (tmp_path / "systemd/airflow-lab").exists()  # the parent goes with the last node
+    cgroups.remove("worker2", hier=hier)  # idempotent
+
+
+def test_cgroup_remove_gives_up_on_a_process_that_stays(tmp_path):
+    from lab import cgroups
+    hier = _fake_hier(tmp_path)
+    cgroups.prepare("worker1", hier=hier)
+    (tmp_path / "systemd/airflow-lab/worker1/cgroup.procs").write_text("4242\n")
+    with pytest.raises(cgroups.LabError, match="cannot remove cgroup"):
+        cgroups.remove("worker1", hier=hier, timeout=1.5, kill=lambda pid, sig: None)
+
+
+def test_cgroup_prepare_needs_a_tracking_hierarchy():
+    from lab import cgroups
+    with pytest.raises(cgroups.LabError, match="no name=systemd or cgroup2"):
+        cgroups.prepare("worker1", hier={})
+
+
+def test_legacy_shared_trees_removed_only_when_empty(tmp_path):
+    from lab import cgroups
+    hier = _fake_hier(tmp_path)
+    (tmp_path / "systemd/payload/system.slice/airflow-worker.service").mkdir(parents=True)
+    (tmp_path / "systemd/supervisor").mkdir()
+    (tmp_path / "systemd/supervisor/cgroup.procs").write_text("17\n")  # an old-layout nspawn runs
+    (tmp_path / "unified/payload").mkdir()
+    gone = cgroups.remove_legacy(hier)
+    assert sorted(gone) == [tmp_path / "systemd/payload", tmp_path / "unified/payload"]
+    assert (tmp_path / "systemd/supervisor").is_dir()
+
+
+def test_launcher_moves_itself_into_the_cgroups_before_starting(tmp_path):
+    """The sh that starts nspawn writes its own pid into every cgroup.procs file, then starts the
+    command in the background (which inherits the cgroups) and records its pid."""
+    import time
+    from lab import nodes
+    procs = [tmp_path / "a.procs", tmp_path / "b.procs"]
+    for p in procs:
+        p.write_text("")
+    log, pf, out = tmp_path / "console.log", tmp_path / "x.pid", tmp_path / "out"
+    rc = nodes.launch(["sh", "-c", f'echo "$$ ${{LAB_CGROUP_PROCS:-unset}}" > {out}'], log, pf, procs)
+    assert rc == 0
+    deadline = time.monotonic() + 10
+    while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    launcher = procs[0].read_text().strip()
+    assert launcher.isdigit() and procs[1].read_text().strip() == launcher
+    pid, env = out.read_text().split()
+    assert env == "unset" and pid != launcher
+    assert pf.read_text().strip() == pid  # the pidfile names the started command, not the launcher
+    # a cgroup it cannot join: the launcher fails and starts nothing
+    pf.unlink()
+    assert nodes.launch(["true"], log, pf, [tmp_path / "missing/cgroup.procs"]) != 0
+    assert not pf.exists()
