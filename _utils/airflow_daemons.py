@@ -20,7 +20,9 @@ Columns:
 Pure data and pure functions: importable by Salt's utils loader and by plain Python (tests).
 """
 
+import inspect
 import re
+import types
 
 __virtualname__ = "airflow_daemons"
 
@@ -45,6 +47,13 @@ _MINION_ID_RE = re.compile(MINION_ID_PATTERN)
 
 def __virtual__():
     return __virtualname__
+
+
+def api():
+    """This module's functions as one object (the healing runner hands it to its concerns)."""
+    return types.SimpleNamespace(**{
+        name: fn for name, fn in globals().items()
+        if inspect.isfunction(fn) and not name.startswith("_") and fn.__module__ == __name__})
 
 
 def table():

@@ -1,28 +1,17 @@
-{#- Health events -> runner airflow.remediate (decisions live in _runners/airflow.py).
+{#- Health events -> runner airflow.remediate. Nothing is checked here: the runner validates
+    the ids against the minion-id rule and the daemon against the daemon table
+    (_utils/airflow_daemons.py), verifies the role from the master's grains cache and re-probes
+    the node. Malformed -> audited "ignored".
     Beacon:      tag salt/beacon/<minion>/airflow_health/<daemon>, data {id, daemon, status, ...}
     event.send:  tag airflow/health/<daemon>, data: id (set by the master), data.daemon
-    Only the minion id and an allow-listed daemon name are handed on; the runner verifies the
-    role from the master's grains cache and re-probes the node. Malformed -> audited "ignored". -#}
-{%- set daemons = ['api-server', 'scheduler', 'dag-processor', 'triggerer', 'worker', 'flower',
-                   'postgresql', 'rabbitmq', 'haproxy'] %}
-{%- set minion = data.get('id') if data is mapping else None %}
-{%- set payload = data.get('data') if data is mapping and data.get('data') is mapping else data %}
-{%- set daemon = payload.get('daemon') if payload is mapping else None %}
-{%- set parts = tag.split('/') %}
-{%- set tag_minion = parts[2] if tag.startswith('salt/beacon/') and parts|length > 2 else minion %}
-{%- set valid_minion = minion is string and minion|regex_match('^([A-Za-z0-9_.-]{1,128})$') %}
-{%- set valid_tag_minion = tag_minion is string and tag_minion|regex_match('^([A-Za-z0-9_.-]{1,128})$') %}
-{%- if valid_minion and valid_tag_minion and daemon is string and daemon in daemons %}
+    Handed on as JSON values (never into a shell): the master-authenticated id, the tag, and
+    the daemon and status the event claims. -#}
+{%- set event = data if data is mapping else {} %}
+{%- set payload = event.get('data') if event.get('data') is mapping else event %}
 airflow-remediate:
   runner.airflow.remediate:
     - args:
-      - minion: {{ minion|tojson }}
-      - daemon: {{ daemon|tojson }}
-      - tag_minion: {{ tag_minion|tojson }}
-{%- else %}
-airflow-ignore-malformed-health-event:
-  runner.airflow.ignored:
-    - args:
-      - minion: {{ (minion if valid_minion else '?')|tojson }}
-      - reason: malformed health event
-{%- endif %}
+      - minion: {{ event.get('id')|tojson }}
+      - tag: {{ tag|tojson }}
+      - daemon: {{ payload.get('daemon')|tojson }}
+      - status: {{ payload.get('status')|tojson }}

@@ -1,13 +1,10 @@
-{#- salt/presence/change (fired by the master itself) -> runner airflow.presence_changed. -#}
-{%- set ok = '^([A-Za-z0-9_.-]{1,128})$' %}
-{%- set new = [] %}
-{%- set lost = [] %}
-{%- for m in (data.get('new') or []) if data is mapping %}{% if m is string and m|regex_match(ok) %}{% do new.append(m) %}{% endif %}{% endfor %}
-{%- for m in (data.get('lost') or []) if data is mapping %}{% if m is string and m|regex_match(ok) %}{% do lost.append(m) %}{% endif %}{% endfor %}
-{%- if new or lost %}
+{#- salt/presence/change (fired by the master itself) -> runner airflow.presence_changed.
+    The raw lists are handed on; the runner keeps only valid minion ids. -#}
+{%- set event = data if data is mapping else {} %}
+{%- if event.get('new') or event.get('lost') %}
 airflow-presence-changed:
   runner.airflow.presence_changed:
     - args:
-      - new: {{ new|tojson }}
-      - lost: {{ lost|tojson }}
+      - new: {{ event.get('new')|tojson }}
+      - lost: {{ event.get('lost')|tojson }}
 {%- endif %}

@@ -21,14 +21,20 @@ def _audit(paths):
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _wait_audit(paths, pred, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        hits = [r for r in _audit(paths) if pred(r)]
+def _mark(paths):
+    """Where the audit log ends now: _wait_audit(..., since=_mark(paths)) sees only later records."""
+    return len(_audit(paths))
+
+
+def _wait_audit(paths, pred, since, timeout=20):
+    """Matching audit records written after ``since`` (a _mark taken before the action)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hits = [r for r in _audit(paths)[since:] if pred(r)]
         if hits:
             return hits
         time.sleep(0.3)
-    raise AssertionError(f"no matching audit record in {timeout}s: {_audit(paths)[-5:]}")
+    raise AssertionError(f"no matching audit record in {timeout}s: {_audit(paths)[since:][-5:]}")
 
 
 def _send(minion_factory, tag, data):
@@ -39,7 +45,8 @@ def _send(minion_factory, tag, data):
 
 @pytest.fixture(scope="module")
 def synced(salt_cli, salt_minions):
-    ret = salt_cli.run("saltutil.sync_modules", minion_tgt="*")
+    # the module reads the daemon table from _utils: sync utils, modules and beacons
+    ret = salt_cli.run("saltutil.sync_all", minion_tgt="*")
     assert ret.returncode == 0, ret
     return True
 
@@ -73,14 +80,33 @@ def test_module_synced_and_roles(salt_cli, synced):
     assert "invalid server name" in str(ret.data) or "invalid server name" in ret.stderr
 
 
+def test_module_reads_the_table_and_reports_missing_node_settings(salt_cli, synced):
+    ret = salt_cli.run("airflow_health.daemons", "[airflow-worker]", minion_tgt="worker1")
+    assert [r["unit"] for r in ret.data] == ["airflow-worker"], ret
+    if os.path.exists("/etc/salt/airflow_health.json"):
+        pytest.skip("this host has node settings")
+    ret = salt_cli.run("airflow_health.api_server", minion_tgt="master1")
+    assert ret.data == {"status": "error", "detail": "node settings "
+                        "/etc/salt/airflow_health.json missing (apply the airflow states)"}, ret
+
+
+def test_runner_exposes_only_operator_verbs(salt_run_cli):
+    ret = salt_run_cli.run("airflow.active_scheduler")
+    assert ret.returncode == 0 and ret.data["mode"] == "active-standby", ret
+    assert ret.data["active"] == "master1"
+    for private in ("airflow.decide_worker", "airflow.parse_runtime_pillar", "airflow.settings"):
+        ret = salt_run_cli.run(private)
+        assert "is not available" in (ret.stdout + ret.stderr), (private, ret)
+
+
 def test_spoofed_beacon_tag_from_worker_is_ignored(salt_minions, airflow_salt_paths, synced,
                                                    salt_master):
-    before = len(_audit(airflow_salt_paths))
+    before = _mark(airflow_salt_paths)
     # worker1 claims, in the tag and the payload, that master1's scheduler is dead
     _send(salt_minions["worker1"], "salt/beacon/master1/airflow_health/scheduler",
           {"daemon": "scheduler", "status": "dead", "id": "master1"})
     hits = _wait_audit(airflow_salt_paths,
-                       lambda r: r["action"] == "ignored" and r["minion"] == "worker1")
+                       lambda r: r["action"] == "ignored" and r["minion"] == "worker1", before)
     assert "does not match" in hits[-1]["reason"] or "role" in hits[-1]["reason"]
     assert all(r["action"] in ("ignored",) for r in _audit(airflow_salt_paths)[before:])
     assert "Failed to render" not in _master_log(salt_master)
@@ -88,12 +114,14 @@ def test_spoofed_beacon_tag_from_worker_is_ignored(salt_minions, airflow_salt_pa
 
 def test_spoofed_health_event_claiming_master_role_is_ignored(salt_minions, airflow_salt_paths,
                                                               synced, salt_cli):
+    before = _mark(airflow_salt_paths)
     _send(salt_minions["worker1"], "airflow/health/scheduler",
           {"daemon": "scheduler", "status": "dead", "id": "master1", "minion": "master1"})
     hits = _wait_audit(airflow_salt_paths,
                        lambda r: r["action"] == "ignored" and r["daemon"] == "scheduler"
-                       and "role airflow-master" in (r["reason"] or ""))
+                       and "role airflow-master" in (r["reason"] or ""), before)
     assert hits[-1]["minion"] == "worker1"  # acted on the authenticated id, not the claim
+    assert hits[-1]["claimed"] == "dead"    # the claim is audited, never acted on
     # nothing changed: no runtime pillar, scheduler placement as before
     assert not os.path.exists(os.path.join(airflow_salt_paths["varlib"], "pillar",
                                            "airflow_runtime.sls"))
@@ -101,11 +129,21 @@ def test_spoofed_health_event_claiming_master_role_is_ignored(salt_minions, airf
                    for r in _audit(airflow_salt_paths))
 
 
-def test_malformed_event_is_ignored(salt_minions, airflow_salt_paths, synced):
+def test_malformed_event_is_ignored(salt_minions, airflow_salt_paths, synced, salt_master):
+    before = _mark(airflow_salt_paths)
     _send(salt_minions["worker1"], "airflow/health/worker",
           {"daemon": "worker; reboot", "status": "dead"})
+    hits = _wait_audit(airflow_salt_paths, lambda r: r["action"] == "ignored"
+                       and r["reason"] == "malformed health event" and r["minion"] == "worker1",
+                       before)
+    assert hits[-1]["daemon"] == "?" and hits[-1]["detail"] == "unknown daemon"
+    # a payload that is not even a string reaches the runner as data, not as YAML
+    before = _mark(airflow_salt_paths)
+    _send(salt_minions["worker1"], "airflow/health/worker",
+          {"daemon": {"x": "worker: evil"}, "status": ["dead"]})
     _wait_audit(airflow_salt_paths, lambda r: r["action"] == "ignored"
-                and r["reason"] == "malformed health event" and r["minion"] == "worker1")
+                and r["reason"] == "malformed health event" and r["minion"] == "worker1", before)
+    assert "Failed to render" not in _master_log(salt_master)
 
 
 def test_reprobe_healthy_or_absent_does_nothing(salt_run_cli, airflow_salt_paths, synced):
@@ -124,10 +162,11 @@ def test_maintenance_switch_pauses_remediation(salt_run_cli, salt_minions, airfl
                                                synced):
     assert salt_run_cli.run("airflow.maintenance", "on").data == {"maintenance": True}
     try:
+        before = _mark(airflow_salt_paths)
         _send(salt_minions["worker1"], "airflow/health/worker", {"daemon": "worker",
                                                                  "status": "hung"})
         hits = _wait_audit(airflow_salt_paths, lambda r: r["action"] == "skipped"
-                           and r["minion"] == "worker1" and r["daemon"] == "worker")
+                           and r["minion"] == "worker1" and r["daemon"] == "worker", before)
         assert hits[-1]["reason"] == "maintenance mode"
     finally:
         assert salt_run_cli.run("airflow.maintenance", "off").data == {"maintenance": False}

@@ -1,27 +1,47 @@
-"""Unit tests of the decision functions of _runners/airflow.py (+ thin wrappers with mocks)."""
+"""
+Unit tests of the healing runner _runners/airflow.py and its concerns (_utils/airflow_*.py).
+
+The runner is loaded like Salt does it: ``__utils__`` holds the real utility modules, except
+that ``airflow_ops.system_clock`` and ``airflow_ops.salt_ops`` hand out a FakeClock and a
+FakeOps (no minions, no wall clock: every wait advances the fake clock). The audit log, locks
+and state files are real, in tmp_path.
+"""
 import importlib.util
-import logging
 import json
+import logging
 import pathlib
-import threading
-import time
-from unittest import mock
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# salt's deferred log handler writes to a closed stream at exit: keep these loggers quiet
-logging.getLogger("airflow_runner").disabled = True
+UTILS = ("airflow_daemons", "airflow_decide", "airflow_store", "airflow_ops", "airflow_heal",
+         "airflow_scheduler", "airflow_lb")
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("airflow_runner", ROOT / "_runners/airflow.py")
+def _load(rel, name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    # salt's deferred log handler writes to a closed stream at exit: keep these loggers quiet
+    logging.getLogger(name).disabled = True
     return mod
 
 
-rn = _load()
+MODS = {name: _load(f"_utils/{name}.py", f"runner_test_{name}") for name in UTILS}
+for _mod in MODS.values():
+    if hasattr(_mod, "log"):
+        _mod.log.disabled = True
+
+
+def _utils_dict():
+    """What Salt's utils loader gives the runner: {'<virtualname>.<function>': function}."""
+    out = {}
+    for mod in MODS.values():
+        for attr, value in vars(mod).items():
+            if callable(value) and not attr.startswith("_") and not isinstance(value, type):
+                out[f"{mod.__virtualname__}.{attr}"] = value
+    return out
+
 
 CACHE = {
     "master1": {"roles": ["airflow-master"], "host": "master1"},
@@ -29,354 +49,676 @@ CACHE = {
     "worker1": {"roles": ["airflow-worker"]},
     "infra": {"roles": ["airflow-db", "airflow-broker", "airflow-lb"]},
 }
+PUBLIC_VERBS = {
+    "status", "maintenance", "audit_log", "failover_scheduler", "drain_api_server",
+    "undrain_api_server", "reconcile_lb", "active_scheduler", "mark_deployed", "deploy_started",
+    "remediate", "minion_started", "presence_changed", "key_deleted", "ignored",
+}
+HEALTHY_MASTER = {"api-server": {"status": "ok"}, "dag-processor": {"status": "ok"}}
 
 
-# ------------------------------------------------------------------ validation / spoofing
-@pytest.mark.parametrize("minion,daemon,tag,ok,why", [
-    ("worker1", "worker", None, True, "ok"),
-    ("worker1", "worker", "worker1", True, "ok"),
-    ("worker1", "scheduler", None, False, "role"),        # spoof: worker claims scheduler down
-    ("master1", "worker", None, False, "role"),
-    ("worker1", "worker", "master1", False, "tag"),       # tag says another minion
-    ("ghost", "worker", None, False, "cache"),            # unknown minion
-    ("worker1;reboot", "worker", None, False, "invalid"),
-    ("../etc", "worker", None, False, "invalid"),
-    ("worker1", "sshd", None, False, "unknown daemon"),
-    ("worker1", "worker && rm", None, False, "unknown daemon"),
-    (None, "worker", None, False, "invalid"),
-    ("infra", "haproxy", None, True, "ok"),
-])
-def test_validate_request(minion, daemon, tag, ok, why):
-    res, reason = rn.validate_request(minion, daemon, tag, CACHE)
-    assert res is ok
-    assert why in reason
+class FakeClock:
+    """now() and sleep(): sleeping advances time; ``on_sleep`` lets a test act meanwhile."""
+
+    def __init__(self, start=1_700_000_000.0):
+        self.t = start
+        self.sleeps = []
+        self.on_sleep = None
+
+    def now(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.t += seconds
+        if self.on_sleep:
+            self.on_sleep(seconds)
 
 
-# ------------------------------------------------------------------ damping
-def test_damping_counts_attempts_in_window_only():
-    now = 10_000
-    hist = [
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 700},  # old
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 500},
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 100},
-        {"minion": "worker1", "daemon": "worker", "ts": now - 50},                   # not attempt
-        {"minion": "worker2", "daemon": "worker", "attempt": True, "ts": now - 10},   # other node
-    ]
-    assert rn.damping(hist, "worker1", "worker", now, 3, 600) == (True, 2)
-    hist.append({"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 1})
-    assert rn.damping(hist, "worker1", "worker", now, 3, 600) == (False, 3)
-    # window slides: 400 s later only one attempt remains
-    assert rn.damping(hist, "worker1", "worker", now + 400, 3, 600) == (True, 2)
+class FakeOps:
+    """SaltOps without Salt: ``handler(minion, fun, args)`` answers every minion call."""
+
+    def __init__(self, cache):
+        self.cache = cache
+        self.alive = set(cache)
+        self.pillar_data = {"airflow": {"scheduler": {"mode": "active-standby",
+                                                      "active": "master1"}}}
+        self.handler = lambda minion, fun, args: True
+        self.calls = []
+        self.fired = []
+        self.async_calls = []
+
+    def grains_cache(self, tgt="*"):
+        return {m: dict(g) for m, g in self.cache.items()}
+
+    def present(self, minions):
+        return sorted(m for m in minions or [] if m in self.alive)
+
+    def one(self, minion, fun, arg=(), timeout=None, kwarg=None):
+        self.calls.append((minion, fun, tuple(arg)))
+        if minion not in self.alive:
+            return None
+        return self.handler(minion, fun, tuple(arg))
+
+    def cmd(self, tgt, fun, arg=(), timeout=None, tgt_type="glob", kwarg=None):
+        targets = tgt if isinstance(tgt, list) else [tgt]
+        out = {}
+        for minion in targets:
+            ret = self.one(minion, fun, arg)
+            if ret is not None:
+                out[minion] = ret
+        return out
+
+    def cmd_async(self, minions, fun):
+        self.async_calls.append((tuple(minions), fun))
+
+    def pillar(self, minion, grains):
+        return self.pillar_data
+
+    def fire(self, tag, data):
+        self.fired.append((tag, data))
+
+    def funs(self, minion=None):
+        return [f for m, f, _ in self.calls if minion is None or m == minion]
 
 
-# ------------------------------------------------------------------ per-daemon decisions
-@pytest.mark.parametrize("status,action", [
-    ("ok", "ignore"), ("hung", "kill-restart"), ("dead", "restart"),
-    ("restarting", "wait"), ("unknown", "wait"), ("absent", "wait"), (None, "wait")])
-def test_decide_worker(status, action):
-    assert rn.decide_worker(status) == action
-
-
-HB_STALE = {"status": "stale", "newest": {"hostname": "master1", "age": 120}}
-
-
-@pytest.mark.parametrize("mode,hb,active,reach,unit,expected", [
-    ("active-active", HB_STALE, "master1", True, "dead", "ignore-active-active"),
-    ("active-standby", {"status": "ok"}, "master1", True, "ok", "healthy"),
-    ("active-standby", {"status": "error"}, "master1", False, None, "unknown"),
-    ("active-standby", HB_STALE, "master1", False, None, "failover"),   # node gone
-    ("active-standby", HB_STALE, None, False, None, "failover"),
-    ("active-standby", HB_STALE, "master1", True, "restarting", "wait"),  # systemd on it
-    ("active-standby", {"status": "stale", "newest": {"age": 20}}, "master1", True, "ok", "wait"),
-    ("active-standby", {"status": "none", "newest": None}, "master1", True, "ok", "wait"),
-    ("active-standby", HB_STALE, "master1", True, "ok", "restart"),      # hung scheduler
-    ("active-standby", HB_STALE, "master1", True, "dead", "restart"),    # failed unit
-])
-def test_decide_scheduler(mode, hb, active, reach, unit, expected):
-    assert rn.decide_scheduler(mode, hb, active, reach, unit, 60) == expected
-
-
-# ------------------------------------------------------------------ election / fencing
-def test_elect_master_deterministic_and_healthy_only():
-    healthy = {"present": True, "api-server": "ok", "dag-processor": "ok"}
-    cands = {
-        "master3": healthy,
-        "master2": healthy,
-        "master0": {"present": True, "api-server": "dead", "dag-processor": "ok"},
-        "master1": healthy,
-        "masterX": {"present": False, "api-server": "ok", "dag-processor": "ok"},
-    }
-    assert rn.elect_master(cands, failed="master1") == "master2"
-    assert rn.elect_master(dict(reversed(list(cands.items()))), failed="master1") == "master2"
-    assert rn.elect_master({"master1": healthy}, failed="master1") is None
-    assert rn.elect_master({}, failed="master1") is None
-
-
-@pytest.mark.parametrize("stop,disable,outcome", [
-    (True, True, "fenced"), (None, None, "unreachable"), (False, True, "failed"),
-    ("ERROR: ...", None, "failed")])
-def test_fencing_outcome(stop, disable, outcome):
-    assert rn.fencing_outcome(stop, disable) == outcome
-
-
-@pytest.mark.parametrize("fence,hb,ok", [
-    ("fenced", {"status": "ok", "fresh": ["master1"]}, True),
-    ("unreachable", {"status": "stale", "fresh": []}, True),
-    ("unreachable", {"status": "ok", "fresh": ["master1"]}, False),  # it is still alive!
-    ("failed", {"status": "ok", "fresh": ["master1"]}, False),
-    ("failed", {"status": "stale", "fresh": []}, True),
-    ("unreachable", {"status": "error"}, False),                    # cannot verify
-])
-def test_may_start_new_scheduler(fence, hb, ok):
-    assert rn.may_start_new_scheduler(fence, hb, {"master1"}) is ok
-
-
-def test_host_matches():
-    assert rn.host_matches("master1", "master1")
-    assert rn.host_matches("master1.lab.local", "master1")
-    assert rn.host_matches("node-a", "master1", {"host": "node-a"})
-    assert not rn.host_matches("master2", "master1")
-    assert not rn.host_matches(None, "master1")
-
-
-# ------------------------------------------------------------------ debounce / lb
-def test_debounce_decision():
-    assert rn.debounce_decision(10.0, 10.0, None) == "run"
-    assert rn.debounce_decision(10.0, 10.5, None) == "coalesced"   # newer request will run
-    assert rn.debounce_decision(10.0, 10.0, 10.2) == "coalesced"   # a run started after us
-    assert rn.debounce_decision(10.0, 10.0, 9.0) == "run"
-
-
-def test_lb_runtime_actions():
-    backends = [{"name": "master1", "status": "UP"}, {"name": "master2", "status": "DOWN"},
-                {"name": "master3", "status": "MAINT"}, {"name": "master4", "status": "MAINT"},
-                {"name": "master5", "status": "UP"}]
-    health = {"master1": "ok", "master2": "dead", "master3": "ok", "master4": "ok",
-              "master5": None}
-    assert rn.lb_runtime_actions(backends, health, drained={"master4"}) == [
-        ("master2", "maint"), ("master3", "ready")]  # master5 unanswered: haproxy's check decides
-    # never maint the last healthy server, never act when salt cannot see anyone
-    assert rn.lb_runtime_actions([{"name": "master1", "status": "UP"}], {"master1": "dead"}) == []
-    assert rn.lb_runtime_actions(backends[:2], {"master1": None, "master2": None}) == []
-
-
-def test_runtime_pillar_roundtrip():
-    text = rn.runtime_pillar_text("master2")
-    assert "airflow:\n  scheduler:\n    active: master2\n" in text
-    assert rn.parse_runtime_pillar(text) == "master2"
-    with pytest.raises(ValueError):
-        rn.runtime_pillar_text("master2\nairflow: evil")
-
-
-def test_settings_defaults_and_override():
-    conf = rn.settings({"airflow_healing": {"max_attempts": 5, "state_dir": "/tmp/x"}})
-    assert conf["max_attempts"] == 5 and conf["window"] == 600
-    assert conf["runtime_pillar"] == "/tmp/x/pillar/airflow_runtime.sls"
-
-
-# ------------------------------------------------------------------ thin wrappers (mocked)
 @pytest.fixture
-def runner(tmp_path, monkeypatch):
-    mod = _load()
-    mod.__opts__ = {"airflow_healing": {"state_dir": str(tmp_path), "lb_quiet": 0.3,
-                                        "worker_verify_timeout": 2}}
+def env(tmp_path):
+    """A loaded runner with fakes; env.rn is the runner, env.ops / env.clock the fakes."""
+    rn = _load("_runners/airflow.py", "airflow_runner")
+
+    class Env:
+        pass
+
+    e = Env()
+    e.rn, e.tmp = rn, tmp_path
+    e.clock = FakeClock()
+    e.ops = FakeOps(CACHE)
+    utils = _utils_dict()
+    utils["airflow_ops.system_clock"] = lambda: e.clock
+    utils["airflow_ops.salt_ops"] = lambda opts, conf: e.ops
+    rn.__utils__ = utils
+    rn.__opts__ = {"airflow_healing": {"state_dir": str(tmp_path), "lb_quiet": 0.5,
+                                       "worker_verify_timeout": 5}}
     (tmp_path / "deployed").write_text("x")
-    monkeypatch.setattr(mod, "_grains_cache", lambda tgt="*": dict(CACHE))
-    monkeypatch.setattr(mod, "_fire", mock.Mock())
-    monkeypatch.setattr(mod, "_client", mock.Mock())
-    return mod
+    e.audit = lambda: [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()] \
+        if (tmp_path / "audit.jsonl").exists() else []
+    e.ctx = rn._context
+    return e
 
 
-def _audit(tmp_path):
-    p = tmp_path / "audit.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+def _runtime_active(env):
+    path = env.tmp / "pillar" / "airflow_runtime.sls"
+    return MODS["airflow_decide"].parse_runtime_pillar(MODS["airflow_daemons"], path.read_text()) \
+        if path.exists() else None
 
 
-def test_remediate_spoofed_role_is_ignored_and_audited(runner, tmp_path, monkeypatch):
-    one = mock.Mock()
-    monkeypatch.setattr(runner, "_one", one)
-    res = runner.remediate("worker1", "scheduler")
-    assert res["result"] == "ignored"
-    one.assert_not_called()
-    assert _audit(tmp_path)[-1]["outcome"] == "ignored"
+# ------------------------------------------------------------------ public surface
+def test_public_surface_is_the_operator_verbs_and_entry_points():
+    rn = _load("_runners/airflow.py", "airflow_runner_surface")
+    public = {n for n, v in vars(rn).items()
+              if callable(v) and not n.startswith("_") and not isinstance(v, type)}
+    assert public == PUBLIC_VERBS
+    for name in PUBLIC_VERBS:
+        doc = getattr(rn, name).__doc__ or ""
+        assert "CLI Example" in doc and f"salt-run airflow.{name}" in doc, name
+    assert rn.__virtual__() == "airflow"
 
 
-def test_remediate_healthy_on_reprobe_does_nothing(runner, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(runner, "_one", lambda m, f, a=(), **k: calls.append(f) or {"status": "ok"})
-    assert runner.remediate("worker1", "worker")["result"] == "ignored"
-    assert calls == ["airflow_health.probe"]
+@pytest.mark.parametrize("name", UTILS)
+def test_every_utility_module_has_virtual(name):
+    assert MODS[name].__virtual__() == name
 
 
-def test_remediate_maintenance_pauses(runner, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_one", mock.Mock())
-    runner.maintenance("on")
-    assert runner.remediate("worker1", "worker")["reason"] == "maintenance"
-    runner._one.assert_not_called()
-    runner.maintenance("off")
-    assert runner.maintenance("status") == {"maintenance": False}
+def test_missing_utility_is_a_clear_error(env):
+    del env.rn.__utils__["airflow_decide.api"]
+    with pytest.raises(RuntimeError, match="airflow_decide.api not loaded"):
+        env.rn.audit_log()
 
 
-def test_remediate_not_deployed_skips(runner, tmp_path, monkeypatch):
-    (tmp_path / "deployed").unlink()
-    monkeypatch.setattr(runner, "_one", mock.Mock())
-    assert runner.remediate("worker1", "worker")["reason"] == "not deployed"
-    runner.mark_deployed()
-    assert (tmp_path / "deployed").exists()
+def test_junk_boolean_setting_fails_clearly(env):
+    env.rn.__opts__["airflow_healing"]["dry_run"] = "perhaps"
+    with pytest.raises(ValueError, match="airflow_healing:dry_run"):
+        env.rn.maintenance("status")
 
 
-def test_remediate_hung_worker_kills_restarts_and_damps(runner, tmp_path, monkeypatch):
-    state = {"n": 0}
-    calls = []
+# ------------------------------------------------------------------ remediate: validation
+def test_remediate_spoofed_role_is_ignored_and_audited(env):
+    res = env.rn.remediate("worker1", "scheduler", status="dead")
+    assert res == {"result": "ignored", "reason": "minion does not have role airflow-master"}
+    assert env.ops.calls == []
+    rec = env.audit()[-1]
+    assert (rec["action"], rec["outcome"], rec["minion"], rec["claimed"]) == (
+        "ignored", "ignored", "worker1", "dead")
 
-    def one(minion, fun, arg=(), **kw):
-        calls.append((minion, fun, tuple(arg)))
+
+def test_remediate_beacon_tag_naming_another_minion_is_ignored(env):
+    res = env.rn.remediate("worker1", "scheduler",
+                           tag="salt/beacon/master1/airflow_health/scheduler")
+    assert "does not match" in res["reason"]
+    assert env.audit()[-1]["minion"] == "worker1"
+
+
+@pytest.mark.parametrize("minion,daemon,tag,shown", [
+    ("worker1", "worker; reboot", "airflow/health/worker", ("worker1", "?")),
+    (None, "worker", "airflow/health/worker", ("?", "worker")),
+    ({"id": "x"}, ["worker"], None, ("?", "?")),
+    ("worker1", "worker", "salt/beacon/../x/airflow_health/worker", ("worker1", "worker")),
+])
+def test_remediate_malformed_is_ignored(env, minion, daemon, tag, shown):
+    res = env.rn.remediate(minion, daemon, tag=tag, status="hung; rm -rf /")
+    assert res == {"result": "ignored", "reason": "malformed health event"}
+    rec = env.audit()[-1]
+    assert (rec["minion"], rec["daemon"]) == shown and "claimed" not in rec
+    assert env.ops.calls == []
+
+
+def test_remediate_old_reactor_tag_minion_still_works(env):
+    env.ops.handler = lambda m, f, a: {"status": "ok"}
+    assert env.rn.remediate("worker1", "worker", tag_minion="worker1")["result"] == "ignored"
+    assert env.rn.remediate("worker1", "worker", tag_minion="master1")["reason"].startswith("tag")
+
+
+# ------------------------------------------------------------------ remediate: gates
+def test_remediate_maintenance_pauses(env):
+    env.rn.maintenance("on")
+    assert env.rn.remediate("worker1", "worker")["reason"] == "maintenance"
+    assert env.ops.calls == []
+    assert env.audit()[-1]["action"] == "skipped"
+    env.rn.maintenance(False)
+    assert env.rn.maintenance("status") == {"maintenance": False}
+    assert env.rn.maintenance(True) == {"maintenance": True}
+    assert env.rn.maintenance("off") == {"maintenance": False}
+    assert env.rn.maintenance("sideways")["result"] == "error"
+
+
+def test_remediate_not_deployed_skips(env):
+    env.rn.deploy_started()
+    assert not (env.tmp / "deployed").exists()
+    assert env.rn.remediate("worker1", "worker")["reason"] == "not deployed"
+    assert env.ops.calls == []
+    env.rn.mark_deployed()
+    assert (env.tmp / "deployed").exists()
+    assert [r["outcome"] for r in env.audit()] == ["started", "ok"]
+
+
+def test_remediate_when_not_required_to_be_deployed(env):
+    (env.tmp / "deployed").unlink()
+    env.rn.__opts__["airflow_healing"]["require_deploy"] = "false"   # a string: strictly false
+    env.ops.handler = lambda m, f, a: {"status": "ok"}
+    assert env.rn.remediate("worker1", "worker")["result"] == "ignored"
+
+
+# ------------------------------------------------------------------ remediate: services
+def test_remediate_healthy_on_reprobe_does_nothing(env):
+    env.ops.handler = lambda m, f, a: {"status": "ok"}
+    assert env.rn.remediate("worker1", "worker", status="hung")["result"] == "ignored"
+    assert env.ops.funs() == ["airflow_health.probe"]
+    assert env.audit()[-1]["claimed"] == "hung"
+
+
+def test_remediate_unreachable_and_wait(env):
+    env.ops.alive.discard("worker1")
+    assert env.rn.remediate("worker1", "worker")["result"] == "unreachable"
+    assert env.audit()[-1]["outcome"] == "unreachable"
+    env.ops.alive.add("worker1")
+    env.ops.handler = lambda m, f, a: {"status": "restarting"}
+    assert env.rn.remediate("worker1", "worker") == {"result": "wait", "status": "restarting"}
+
+
+def test_remediate_hung_worker_kills_restarts_and_damps(env):
+    state = {"restarted": False}
+
+    def handler(minion, fun, args):  # hung until restarted, then ok once
         if fun == "airflow_health.probe":
-            state["n"] += 1
-            return {"status": "hung" if state["n"] % 2 else "ok"}
+            healthy, state["restarted"] = state["restarted"], False
+            return {"status": "ok" if healthy else "hung"}
+        if fun == "service.restart":
+            state["restarted"] = True
         return True
 
-    monkeypatch.setattr(runner, "_one", one)
+    env.ops.handler = handler
     for _ in range(3):
-        assert runner.remediate("worker1", "worker")["result"] == "recovered"
-    assert ("worker1", "airflow_health.kill_unit", ("worker",)) in calls
-    assert ("worker1", "service.restart", ("airflow-worker",)) in calls
+        assert env.rn.remediate("worker1", "worker") == {"result": "recovered",
+                                                          "action": "kill-restart"}
+    assert ("worker1", "airflow_health.kill_unit", ("worker",)) in env.ops.calls
+    assert ("worker1", "service.restart", ("airflow-worker",)) in env.ops.calls
+    recs = [r for r in env.audit() if r["action"] == "kill-restart"]
+    assert len(recs) == 3 and all(r["attempt"] and r["outcome"] == "recovered" for r in recs)
     # 4th within the window: damped, alert fired, no restart
-    calls.clear()
-    assert runner.remediate("worker1", "worker")["result"] == "damped"
-    assert not any(c[1] == "service.restart" for c in calls)
-    assert runner._fire.call_args[0][0] == "airflow/alert/worker1/worker"
-    assert _audit(tmp_path)[-1]["outcome"] == "damped"
+    env.ops.calls.clear()
+    assert env.rn.remediate("worker1", "worker")["result"] == "damped"
+    assert "service.restart" not in env.ops.funs()
+    assert env.ops.fired[-1][0] == "airflow/alert/worker1/worker"
+    assert env.audit()[-1]["outcome"] == "damped"
+    assert env.audit()[-1]["reason"] == "3 remediations in 600s"
+    # the window slides on the (fake) clock: 10 minutes later it may act again
+    env.clock.t += 601
+    assert env.rn.remediate("worker1", "worker")["result"] == "recovered"
 
 
-def test_reconcile_lb_burst_coalesces_to_one(runner, tmp_path, monkeypatch):
-    runs = []
-    monkeypatch.setattr(runner, "_present", lambda ms: list(ms))
-    monkeypatch.setattr(runner, "_cmd", lambda *a, **k: runs.append(a[1]) or {"infra": {}})
-    monkeypatch.setattr(runner, "_one", lambda *a, **k: [])
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(runner.reconcile_lb("t")["result"]))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-        time.sleep(0.02)
-    for t in threads:
-        t.join()
-    assert sorted(results) == ["coalesced"] * 3 + ["ok"]
-    assert runs.count("state.apply") == 1
+def test_remediate_dead_service_that_does_not_come_back(env):
+    env.ops.handler = lambda m, f, a: {"status": "dead"} if f == "airflow_health.probe" else True
+    res = env.rn.remediate("infra", "postgresql")
+    assert res == {"result": "failed", "action": "restart"}
+    assert ("infra", "service.restart", ("postgresql",)) in env.ops.calls
+    assert "airflow_health.kill_unit" not in env.ops.funs()
+    assert env.audit()[-1]["seconds"] == 5.0          # worker_verify_timeout, on the fake clock
 
 
-def test_failover_unreachable_old_master(runner, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_scheduler_conf", lambda cache=None: ("active-standby", "master1"))
-    monkeypatch.setattr(runner, "_present", lambda ms: [m for m in ms if m != "master1"])
-    monkeypatch.setattr(runner, "_cmd", lambda *a, **k: {})
-    started = {"v": False}
+def test_remediate_dry_run(env):
+    env.rn.__opts__["airflow_healing"]["dry_run"] = "true"
+    env.ops.handler = lambda m, f, a: {"status": "dead"}
+    assert env.rn.remediate("worker1", "worker") == {"result": "dry-run", "action": "restart"}
+    assert "service.restart" not in env.ops.funs()
+    assert env.audit()[-1]["outcome"] == "dry-run"
 
-    def one(minion, fun, arg=(), **kw):
+
+def test_remediate_in_progress_when_locked(env):
+    ctx = env.ctx()
+    with ctx.store.lock("worker1-worker") as got:
+        assert got
+        assert env.rn.remediate("worker1", "worker") == {"result": "in-progress"}
+
+
+def test_remediate_api_server_reconciles_lb(env):
+    env.ops.handler = lambda m, f, a: {"status": "ok"} if f == "airflow_health.api_server" \
+        else ([] if f == "airflow_health.haproxy_backends" else {"x": {}})
+    res = env.rn.remediate("master1", "api-server")
+    assert res["result"] == "ok"
+    assert env.audit()[-1]["reason"] == "api-server event from master1"
+
+
+# ------------------------------------------------------------------ remediate: scheduler
+def _scheduler_handler(hb, unit=None, extra=None):
+    def handler(minion, fun, args):
+        if fun == "airflow_health.scheduler_heartbeat":
+            return hb(minion) if callable(hb) else hb
+        if fun == "airflow_health.service":
+            return unit
+        if fun == "airflow_health.check":
+            return HEALTHY_MASTER
+        if extra:
+            return extra(minion, fun, args)
+        return True
+    return handler
+
+
+STALE = {"status": "stale", "fresh": [], "stale_seconds": 15,
+         "schedulers": [{"hostname": "master1", "age": 40}]}
+
+
+def test_scheduler_event_heartbeat_fresh_is_ignored(env):
+    env.ops.handler = _scheduler_handler({"status": "ok", "fresh": ["master1"]})
+    res = env.rn.remediate("master2", "scheduler", status="dead")
+    assert res == {"result": "ignored", "reason": "heartbeat fresh"}
+    assert env.audit()[-1]["claimed"] == "dead"
+    assert "test.ping" not in env.ops.funs()
+
+
+def test_scheduler_event_reporter_silent(env):
+    env.ops.handler = _scheduler_handler(None)
+    assert env.rn.remediate("master2", "scheduler")["result"] == "unreachable"
+    assert env.audit()[-1]["outcome"] == "unreachable"
+
+
+def test_scheduler_event_active_active_and_unknown(env):
+    env.ops.pillar_data = {"airflow": {"scheduler": {"mode": "active-active"}}}
+    assert env.rn.remediate("master2", "scheduler")["reason"] == "active-active"
+    assert env.ops.calls == []
+    env.ops.pillar_data = {}
+    env.ops.handler = _scheduler_handler({"status": "error", "detail": "db down"})
+    assert env.rn.remediate("master2", "scheduler") == {"result": "unknown"}
+
+
+def test_scheduler_event_waits_within_start_grace(env):
+    env.ops.handler = _scheduler_handler(STALE, {"status": "ok", "starting": True})
+    assert env.rn.remediate("master2", "scheduler") == {"result": "wait"}
+    assert "service.restart" not in env.ops.funs()
+
+
+def test_scheduler_event_restarts_hung_scheduler_then_damped_failover(env):
+    env.ops.handler = _scheduler_handler(STALE, {"status": "ok", "starting": False})
+    for _ in range(3):
+        assert env.rn.remediate("master2", "scheduler") == {"result": "restarted"}
+    assert env.ops.calls.count(("master1", "service.restart", ("airflow-scheduler",))) == 3
+    # the 4th: restarts damped on master1 -> the scheduler moves to master2
+    started = []
+
+    def hb(minion):
+        return {"status": "ok", "fresh": ["master2"]} if started else STALE
+
+    env.ops.handler = _scheduler_handler(
+        hb, {"status": "ok", "starting": False},
+        extra=lambda m, f, a: started.append(m) or True if f == "service.start" else True)
+    res = env.rn.remediate("master2", "scheduler")
+    assert res["result"] == "ok" and res["new"] == "master2" and res["fence"] == "fenced"
+    assert [r["outcome"] for r in env.audit()[-2:]] == ["damped", "ok"]
+    assert _runtime_active(env) == "master2"
+
+
+def test_scheduler_event_restart_dry_run_and_locked(env):
+    env.ops.handler = _scheduler_handler(STALE, {"status": "dead"})
+    ctx = env.ctx()
+    with ctx.store.lock("master1-scheduler"):
+        assert env.rn.remediate("master2", "scheduler") == {"result": "in-progress"}
+    env.rn.__opts__["airflow_healing"]["dry_run"] = True
+    assert env.rn.remediate("master2", "scheduler") == {"result": "dry-run"}
+    assert "service.restart" not in env.ops.funs()
+
+
+def test_scheduler_event_active_gone_fails_over(env):
+    env.ops.alive.discard("master1")
+    started = []
+
+    def hb(minion):
+        return {"status": "ok", "fresh": ["master2"]} if started else STALE
+
+    env.ops.handler = _scheduler_handler(
+        hb, extra=lambda m, f, a: started.append(m) or True if f == "service.start" else True)
+    res = env.rn.remediate("master2", "scheduler")
+    assert res["result"] == "ok" and res["fence"] == "unreachable"
+
+
+# ------------------------------------------------------------------ failover
+def test_failover_unreachable_old_master(env):
+    env.ops.alive.discard("master1")
+    started = []
+
+    def hb(minion):
         assert minion != "master1"
-        if fun == "airflow_health.scheduler_heartbeat":
-            if started["v"]:
-                return {"status": "ok", "fresh": ["master2"], "schedulers": []}
-            return {"status": "stale", "fresh": [], "schedulers": [{"hostname": "master1", "age": 40}]}
-        if fun == "airflow_health.check":
-            return {"api-server": {"status": "ok"}, "dag-processor": {"status": "ok"}}
-        if fun == "service.start":
-            started["v"] = True
-        return True
+        return {"status": "ok", "fresh": ["master2"]} if started else STALE
 
-    monkeypatch.setattr(runner, "_one", one)
-    res = runner.failover_scheduler("test", failed="master1")
+    env.ops.handler = _scheduler_handler(
+        hb, extra=lambda m, f, a: started.append(m) or True if f == "service.start" else True)
+    res = env.rn.failover_scheduler("test", failed="master1")
     assert res["result"] == "ok" and res["new"] == "master2" and res["fence"] == "unreachable"
-    text = (tmp_path / "pillar" / "airflow_runtime.sls").read_text()
-    assert rn.parse_runtime_pillar(text) == "master2"
-    assert _audit(tmp_path)[-1]["action"] == "failover"
+    assert _runtime_active(env) == "master2"
+    assert env.audit()[-1]["action"] == "failover"
+    assert ("master2", "service.enable", ("airflow-scheduler",)) in env.ops.calls
+    assert env.ops.async_calls == [(("master2",), "saltutil.refresh_pillar")]
+    assert env.rn.active_scheduler() == {"mode": "active-standby", "active": "master2"}
 
 
-def test_failover_waits_for_vanished_nodes_heartbeat_to_go_stale(runner, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_scheduler_conf", lambda cache=None: ("active-standby", "master1"))
-    monkeypatch.setattr(runner, "_present", lambda ms: [m for m in ms if m != "master1"])
-    monkeypatch.setattr(runner, "_cmd", lambda *a, **k: {})
-    runner.__opts__["airflow_healing"]["heartbeat_stale"] = 3
-    t0 = time.time()
-    order = []
+def test_failover_waits_for_vanished_nodes_heartbeat_to_go_stale(env):
+    env.ops.alive.discard("master1")
+    t0 = env.clock.now()
+    started = []
 
-    def one(minion, fun, arg=(), **kw):
-        if fun == "airflow_health.scheduler_heartbeat":
-            if "start" in order:
-                return {"status": "ok", "fresh": ["master2"], "schedulers": []}
-            if time.time() - t0 < 1.5:  # master1 heartbeated just before it vanished
-                return {"status": "ok", "fresh": ["master1"],
-                        "schedulers": [{"hostname": "master1", "age": 1}]}
-            return {"status": "stale", "fresh": [], "schedulers": [{"hostname": "master1", "age": 16}]}
-        if fun == "airflow_health.check":
-            return {"api-server": {"status": "ok"}, "dag-processor": {"status": "ok"}}
-        if fun == "service.start":
-            order.append("start")
-            assert time.time() - t0 >= 1.5, "started while the old one was still fresh"
-        return True
-
-    monkeypatch.setattr(runner, "_one", one)
-    res = runner.failover_scheduler("presence", failed="master1", failed_reachable=False)
-    assert res["result"] == "ok" and res["new"] == "master2"
-
-
-def test_failover_refused_when_old_still_heartbeats(runner, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "_scheduler_conf", lambda cache=None: ("active-standby", "master1"))
-    monkeypatch.setattr(runner, "_present", lambda ms: list(ms))
-    monkeypatch.setattr(runner, "_cmd", lambda *a, **k: {})
-    starts = []
-
-    def one(minion, fun, arg=(), **kw):
-        if fun == "airflow_health.scheduler_heartbeat":
-            return {"status": "ok", "fresh": ["master1"],
+    def hb(minion):
+        if started:
+            return {"status": "ok", "fresh": ["master2"], "stale_seconds": 3}
+        if env.clock.now() - t0 < 2.5:  # master1 heartbeated just before it vanished
+            return {"status": "ok", "fresh": ["master1"], "stale_seconds": 3,
                     "schedulers": [{"hostname": "master1", "age": 1}]}
-        if fun == "airflow_health.check":
-            return {"api-server": {"status": "ok"}, "dag-processor": {"status": "ok"}}
-        if fun == "service.stop":
-            return "ERROR: could not stop"
+        return dict(STALE, stale_seconds=3)
+
+    def extra(minion, fun, args):
         if fun == "service.start":
-            starts.append(minion)
+            assert env.clock.now() - t0 >= 2.5, "started while the old one was still fresh"
+            started.append(minion)
         return True
 
-    monkeypatch.setattr(runner, "_one", one)
-    res = runner.failover_scheduler("manual", failed="master1")
-    assert res["result"] == "refused" and not starts
-    assert not (tmp_path / "pillar" / "airflow_runtime.sls").exists()
+    env.ops.handler = _scheduler_handler(hb, extra=extra)
+    res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
+    assert res["result"] == "ok" and res["new"] == "master2" and started == ["master2"]
 
 
-def test_failover_noop_in_active_active(runner, monkeypatch):
-    monkeypatch.setattr(runner, "_scheduler_conf", lambda cache=None: ("active-active", None))
-    monkeypatch.setattr(runner, "_one", mock.Mock())
-    assert runner.failover_scheduler("x")["result"] == "ignored"
-    runner._one.assert_not_called()
+def test_failover_refused_when_vanished_node_keeps_heartbeating(env):
+    env.ops.alive.discard("master1")
+    env.ops.handler = _scheduler_handler(
+        lambda m: {"status": "ok", "fresh": ["master1"], "stale_seconds": 3}
+        if m == "master2" and env.ops.funs().count("airflow_health.scheduler_heartbeat") > 1
+        else STALE)
+    res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
+    assert res["result"] == "refused"
+    assert sum(env.clock.sleeps) == 9          # stale_seconds + 5, then it gave up
+    assert "service.start" not in env.ops.funs()
 
 
-def test_presence_ignores_non_masters_and_garbage(runner, monkeypatch):
-    monkeypatch.setattr(runner, "reconcile_lb", mock.Mock())
-    assert runner.presence_changed(new=["worker1"], lost=["x;y"])["result"] == "ignored"
-    runner.reconcile_lb.assert_not_called()
+def test_failover_refused_when_old_still_heartbeats(env):
+    env.ops.handler = _scheduler_handler(
+        {"status": "ok", "fresh": ["master1"], "schedulers": [{"hostname": "master1", "age": 1}]},
+        extra=lambda m, f, a: "ERROR: could not stop" if f == "service.stop" else True)
+    res = env.rn.failover_scheduler("manual", failed="master1")
+    assert res["result"] == "refused" and res["fence"] == "failed"
+    assert "service.start" not in env.ops.funs()
+    assert _runtime_active(env) is None
+    assert env.ops.fired[-1][0] == "airflow/alert/scheduler/fence-failed"
+    assert env.audit()[-1]["outcome"] == "refused-two-schedulers"
 
 
-def test_key_deleted_reconciles_lb_and_rejects_garbage(runner, monkeypatch):
-    monkeypatch.setattr(runner, "reconcile_lb", mock.Mock(return_value={"result": "ok"}))
-    assert runner.key_deleted("master3; rm -rf /")["result"] == "ignored"
-    runner.reconcile_lb.assert_not_called()
-    assert runner.key_deleted("master3")["result"] == "ok"
-    runner.reconcile_lb.assert_called_once_with(reason="key of master3 deleted")
+def test_failover_not_needed_when_someone_else_heartbeats(env):
+    env.ops.handler = _scheduler_handler({"status": "ok", "fresh": ["master2"]})
+    res = env.rn.failover_scheduler("beacon", failed="master1")
+    assert res["result"] == "not-needed"
+    assert env.audit()[-1]["outcome"] == "not-needed"
 
 
-def test_audit_log_limit(runner):
+def test_failover_no_candidate(env):
+    def extra(minion, fun, args):
+        return True
+
+    env.ops.handler = _scheduler_handler(STALE, extra=extra)
+    env.ops.handler = (lambda base: lambda m, f, a: {"api-server": {"status": "dead"}}
+                       if f == "airflow_health.check" else base(m, f, a))(env.ops.handler)
+    res = env.rn.failover_scheduler("manual")
+    assert res["result"] == "no-candidate"
+    assert env.ops.fired[-1][0] == "airflow/alert/scheduler/no-candidate"
+    assert env.audit()[-1]["outcome"] == "no-candidate"
+
+
+def test_failover_unverified_when_new_scheduler_stays_silent(env):
+    env.ops.handler = _scheduler_handler(STALE)
+    res = env.rn.failover_scheduler("manual")
+    assert res["result"] == "unverified" and res["fence"] == "fenced"
+    assert res["seconds"] == 60.0                     # scheduler_start_timeout, fake clock
+
+
+def test_failover_guards(env):
+    assert env.rn.failover_scheduler("x", failed="a;b")["reason"] == "invalid minion id"
+    env.rn.__opts__["airflow_healing"]["dry_run"] = True
+    env.ops.handler = _scheduler_handler(STALE)
+    assert env.rn.failover_scheduler("manual") == {"result": "dry-run", "new": "master2"}
+    with env.ctx().store.lock("failover"):
+        assert env.rn.failover_scheduler("manual") == {"result": "in-progress"}
+
+
+def test_failover_noop_in_active_active(env):
+    env.ops.pillar_data = {"airflow": {"scheduler": {"mode": "active-active"}}}
+    assert env.rn.failover_scheduler("x")["result"] == "ignored"
+    assert env.ops.calls == []
+
+
+# ------------------------------------------------------------------ minion start / presence / key
+def test_minion_started_fences_a_returning_standby(env):
+    env.ops.handler = _lb_handler([], {})
+    res = env.rn.minion_started("master2")
+    assert res["fence"] == "fenced" and res["lb"]["result"] == "ok"
+    assert ("master2", "service.stop", ("airflow-scheduler",)) in env.ops.calls
+    fence = [r for r in env.audit() if r["action"] == "fence"][-1]
+    assert fence["reason"] == "returning master, active is master1"
+
+
+def test_minion_started_active_master_is_not_fenced(env):
+    res = env.rn.minion_started("master1")
+    assert "fence" not in res and "service.stop" not in env.ops.funs()
+
+
+def test_minion_started_guards(env):
+    assert env.rn.minion_started("worker1") == {"result": "ignored", "reason": "not a master"}
+    assert env.rn.minion_started(None) == {"result": "ignored"}
+    assert env.audit()[-1]["reason"] == "minion_started: invalid minion id"
+    env.rn.maintenance("on")
+    assert env.rn.minion_started("master2")["result"] == "skipped"
+
+
+def test_presence_ignores_non_masters_and_garbage(env):
+    assert env.rn.presence_changed(new=["worker1"], lost=["x;y"])["result"] == "ignored"
+    assert env.rn.presence_changed(new="master1", lost=None)["result"] == "ignored"
+    assert env.ops.calls == []
+
+
+def test_presence_lost_active_master_fails_over_and_reconciles(env):
+    env.ops.alive.discard("master1")
+    started = []
+
+    def hb(minion):
+        return {"status": "ok", "fresh": ["master2"]} if started else STALE
+
+    env.ops.handler = _scheduler_handler(
+        hb, extra=lambda m, f, a: started.append(m) or True if f == "service.start"
+        else ([] if f == "airflow_health.haproxy_backends" else True))
+    res = env.rn.presence_changed(new=[], lost=["master1"])
+    assert res["failover"]["result"] == "ok" and res["lb"]["result"] in ("ok", "partial")
+
+
+def test_presence_lost_but_still_answering_does_not_fail_over(env):
+    res = env.rn.presence_changed(lost=["master1"])
+    assert "failover" not in res
+    env.rn.maintenance("on")
+    assert env.rn.presence_changed(lost=["master1"])["result"] == "skipped"
+
+
+def test_key_deleted_reconciles_lb_and_rejects_garbage(env):
+    assert env.rn.key_deleted("master3; rm -rf /")["result"] == "ignored"
+    assert env.ops.calls == []
+    res = env.rn.key_deleted("master3")
+    assert res["result"] == "ok"
+    assert env.audit()[-1]["reason"] == "key of master3 deleted"
+    env.rn.maintenance("on")
+    assert env.rn.key_deleted("master3")["result"] == "skipped"
+
+
+# ------------------------------------------------------------------ load balancer
+def _lb_handler(backends, api):
+    def handler(minion, fun, args):
+        if fun == "airflow_health.api_server":
+            return {"status": api.get(minion, "ok")}
+        if fun == "airflow_health.haproxy_backends":
+            return backends
+        if fun == "airflow_health.haproxy_set_server":
+            return {"result": True}
+        if fun == "state.apply":
+            return {"haproxy": {"result": True}}
+        return True
+    return handler
+
+
+def test_reconcile_sets_dead_api_server_to_maint(env):
+    env.ops.handler = _lb_handler([{"name": "master1", "status": "UP"},
+                                   {"name": "master2", "status": "UP"}], {"master2": "down"})
+    res = env.rn.reconcile_lb("test")
+    assert res["result"] == "ok" and res["health"] == {"master1": "ok", "master2": "dead"}
+    assert res["runtime"] == {"infra": [("master2", "maint", True)] * 2}  # before+after reload
+    assert env.clock.sleeps[0] == 0.5                                      # lb_quiet
+    assert env.audit()[-1]["action"] == "reconcile_lb"
+
+
+def test_reconcile_partial_and_dry_run(env):
+    env.ops.handler = lambda m, f, a: "ERROR" if f == "state.apply" else []
+    assert env.rn.reconcile_lb("t")["result"] == "partial"
+    env.clock.t += 1  # a request after that run started
+    env.rn.__opts__["airflow_healing"]["dry_run"] = True
+    assert env.rn.reconcile_lb("t") == {"result": "dry-run"}
+
+
+def test_reconcile_burst_coalesces_to_one(env):
+    """Four requests while the first waits out its quiet period: the last one runs."""
+    env.ops.handler = _lb_handler([], {})
+    results = []
+    nested = {"n": 0}
+
+    def another_request(seconds):
+        if nested["n"] < 3:
+            nested["n"] += 1
+            results.append(env.rn.reconcile_lb("t")["result"])
+
+    env.clock.on_sleep = another_request
+    results.append(env.rn.reconcile_lb("t")["result"])
+    assert sorted(results) == ["coalesced"] * 3 + ["ok"]
+    assert env.ops.funs().count("state.apply") == 1
+
+
+def test_reconcile_steady_stream_runs_after_max_wait(env):
+    env.ops.handler = _lb_handler([], {})
+    ctx = env.ctx()
+    # a burst pending for 20 s (lb_max_wait 10), and a newer request arrives during our quiet
+    ctx.store.write_ts("lb.first", env.clock.now() - 20)
+    ctx.store.write_ts("lb.run", env.clock.now() - 30)
+    env.clock.on_sleep = lambda s: ctx.store.write_ts("lb.request", env.clock.now())
+    assert env.rn.reconcile_lb("t")["result"] == "ok"
+    # without the long wait it would have yielded to the newer request
+    env.clock.t += 1
+    ctx.store.write_ts("lb.first", env.clock.now())
+    assert env.rn.reconcile_lb("t")["result"] == "coalesced"
+
+
+def test_reconcile_busy(env):
+    with env.ctx().store.lock("lb"):
+        env.rn.__opts__["airflow_healing"]["lb_apply_timeout"] = 0
+        assert env.rn.reconcile_lb("t", quiet=0) == {"result": "busy"}
+
+
+def test_drain_waits_for_zero_sessions_then_maint(env):
+    sessions = iter([4, 2, 0])
+
+    def handler(minion, fun, args):
+        if fun == "airflow_health.haproxy_backends":
+            return [{"name": "master2", "scur": next(sessions)}]
+        return {"result": True}
+
+    env.ops.handler = handler
+    assert env.rn.drain_api_server("master2") == {"result": "drained", "server": "master2"}
+    sets = [a for m, f, a in env.ops.calls if f == "airflow_health.haproxy_set_server"]
+    assert sets == [("master2", "drain"), ("master2", "maint")]
+    assert env.ctx().store.drained() == {"master2"}
+    assert env.audit()[-1]["seconds"] == 1.0
+    assert env.rn.undrain_api_server("master2") == {"result": "ready", "server": "master2"}
+    assert env.ctx().store.drained() == set()
+
+
+def test_drain_timeout_and_bad_names(env):
+    env.ops.handler = lambda m, f, a: [{"name": "master2", "scur": 1}] \
+        if f == "airflow_health.haproxy_backends" else {"result": True}
+    assert env.rn.drain_api_server("master2", timeout=3)["result"] == "timeout"
+    assert env.rn.drain_api_server("a/b")["result"] == "error"
+    assert env.rn.undrain_api_server("a\nb")["result"] == "error"
+
+
+# ------------------------------------------------------------------ operator verbs
+def test_status_overview(env):
+    env.ops.handler = lambda m, f, a: [] if f == "airflow_health.haproxy_backends" else {"x": 1}
+    st = env.rn.status()
+    assert st["nodes"]["infra"] == {"roles": ["airflow-db", "airflow-broker", "airflow-lb"],
+                                    "present": True}
+    assert st["scheduler"] == {"mode": "active-standby", "active": "master1"}
+    assert st["haproxy"] == {"infra": []} and st["deployed"] and not st["maintenance"]
+
+
+def test_ignored_and_audit_log_limit(env):
+    assert env.rn.ignored("worker 1", "x" * 300)["reason"] == "x" * 200
+    assert env.audit()[-1]["minion"] == "?"
     for i in range(5):
-        runner._audit("x", reason=str(i))
-    assert [r["reason"] for r in runner.audit_log(2)] == ["3", "4"]
+        env.ctx().audit("x", reason=str(i))
+    assert [r["reason"] for r in env.rn.audit_log(2)] == ["3", "4"]
+    assert env.audit()[-1]["ts"] == env.clock.now()
 
 
-def test_runner_and_module_agree_on_units_and_roles():
-    """The runner (master) and airflow_health (minions) are loaded by different Salt loaders and
-    cannot import each other: their daemon -> unit and daemon -> role maps must stay equal."""
-    spec = importlib.util.spec_from_file_location("airflow_health_mod", ROOT / "_modules/airflow_health.py")
-    health = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(health)
-    runner = _load()
-    assert runner.UNITS == health.UNITS
-    assert runner.DAEMON_ROLE == {d: role for role, ds in health.ROLE_DAEMONS.items() for d in ds}
+def test_store_tolerates_junk_files(env):
+    ctx = env.ctx()
+    (env.tmp / "audit.jsonl").write_text('{"action": "a"}\nnot json\n')
+    assert ctx.store.read_audit() == [{"action": "a"}]
+    (env.tmp / "drained.json").write_text('{"not": "a list"}')
+    assert ctx.store.drained() == set()
+    (env.tmp / "lb.run").write_text("soon")
+    assert ctx.store.read_ts("lb.run") is None
+
+
+def test_real_clock_and_ops_factories():
+    clock = MODS["airflow_ops"].system_clock()
+    assert abs(clock.now() - __import__("time").time()) < 5
+    clock.sleep(0)
+    ops = MODS["airflow_ops"].salt_ops({"sock_dir": "/nonexistent"}, {"ping_timeout": 2,
+                                                                      "probe_timeout": 20})
+    assert ops.present([]) == []

@@ -1,0 +1,540 @@
+"""
+The decisions of the healing layer, pure (Salt utility module ``airflow_decide``).
+
+No I/O and no clock: every function gets what it decides on (observations gathered by the
+runner, ``now`` as a number) and returns a decision. The side-effecting modules
+(``airflow_heal``, ``airflow_scheduler``, ``airflow_lb``) gather observations, ask these
+functions and act; ``tests/unit/test_core_decide.py`` covers every branch.
+
+Functions that need the daemon table take it as ``table``: the ``airflow_daemons`` module or
+anything with its API (utility modules cannot import each other inside Salt's loader, so the
+runner hands the table in).
+
+Nothing from an event or a grain is trusted: ids are checked against the minion-id rule,
+daemons against the table, roles against the master's own grains cache.
+"""
+
+import inspect
+import types
+
+__virtualname__ = "airflow_decide"
+
+#: The runner's own knobs (master config ``airflow_healing:``, see
+#: conf/master.d/airflow-reactor.conf, which sets each of them). Node-side knobs (stale
+#: heartbeat, start grace, worker ping timeout) live in the node settings file that the
+#: airflow states write; the runner uses what the health module reports.
+RUNNER_DEFAULTS = {
+    "state_dir": "/var/lib/airflow-salt",
+    "runtime_pillar": None,  # default: <state_dir>/pillar/airflow_runtime.sls
+    "max_attempts": 3,
+    "window": 600,
+    "dry_run": False,
+    "require_deploy": True,
+    "scheduler_start_timeout": 60,
+    "ping_timeout": 2,
+    "probe_timeout": 20,
+    "worker_verify_timeout": 45,
+    "lb_quiet": 2.0,
+    "lb_max_wait": 10.0,
+    "lb_apply_timeout": 90,
+    "drain_timeout": 120,
+    "default_mode": "active-standby",
+}
+_BOOLEAN_KEYS = ("dry_run", "require_deploy")
+_INTEGER_KEYS = ("max_attempts",)
+_NUMBER_KEYS = ("window", "scheduler_start_timeout", "ping_timeout", "probe_timeout",
+                "worker_verify_timeout", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
+                "drain_timeout")
+#: Keys that moved to the node settings file; still accepted in the master config, not used.
+RUNNER_RETIRED_KEYS = ("heartbeat_stale", "scheduler_start_grace")
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+SCHEDULER_MODES = ("active-standby", "active-active")
+#: Statuses a health event may claim (audited as ``claimed``; never acted on).
+CLAIMABLE_STATUSES = ("ok", "dead", "hung", "restarting", "unknown", "absent", "error")
+#: The scheduler's healthy standby must run these to be elected.
+CANDIDATE_NEEDS = ("api-server", "dag-processor")
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def api():
+    """
+    This module's public functions as one object. The runner resolves it once, in its own
+    loader context, and hands it to the concerns (a ``__utils__`` lookup made from inside
+    another utility module would find no ``__utils__``).
+    """
+    return types.SimpleNamespace(**{
+        name: fn for name, fn in globals().items()
+        if inspect.isfunction(fn) and not name.startswith("_") and fn.__module__ == __name__})
+
+
+# ====================================================================== settings
+def parse_bool(value, key):
+    """
+    Strict boolean of setting ``key``: True/False, 1/0 or one of true|yes|on / false|no|off
+    (any case). Anything else raises ValueError naming the key (``"false"`` is False).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE:
+        return True
+    if isinstance(value, str) and value.strip().lower() in _FALSE:
+        return False
+    raise ValueError(f"airflow_healing:{key} must be true or false, not {value!r}")
+
+
+def _parse_number(value, key, kind):
+    if isinstance(value, bool):
+        raise ValueError(f"airflow_healing:{key} must be a number, not {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"airflow_healing:{key} must be a number, not {value!r}") from None
+    if number < 0:
+        raise ValueError(f"airflow_healing:{key} must not be negative, not {value!r}")
+    return number
+
+
+def settings(opts):
+    """
+    The runner's settings: master config ``airflow_healing:`` over RUNNER_DEFAULTS, booleans
+    and numbers parsed strictly (ValueError naming the key for junk). Retired keys are dropped.
+    """
+    given = (opts or {}).get("airflow_healing") or {}
+    if not isinstance(given, dict):
+        raise ValueError("airflow_healing must be a mapping")
+    conf = dict(RUNNER_DEFAULTS)
+    conf.update(given)
+    for key in RUNNER_RETIRED_KEYS:
+        conf.pop(key, None)
+    for key in _BOOLEAN_KEYS:
+        conf[key] = parse_bool(conf[key], key)
+    for key in _INTEGER_KEYS:
+        conf[key] = _parse_number(conf[key], key, int)
+    for key in _NUMBER_KEYS:
+        conf[key] = _parse_number(conf[key], key, float)
+    if conf["default_mode"] not in SCHEDULER_MODES:
+        raise ValueError(f"airflow_healing:default_mode must be one of {SCHEDULER_MODES}")
+    if not conf.get("runtime_pillar"):
+        conf["runtime_pillar"] = conf["state_dir"].rstrip("/") + "/pillar/airflow_runtime.sls"
+    return conf
+
+
+# ====================================================================== ids, roles, requests
+def safe_id(table, value):
+    """``value`` when it is a valid minion id, else ``"?"`` (what an audit line may show)."""
+    return value if table.valid_minion_id(value) else "?"
+
+
+def valid_ids(table, values):
+    """The valid minion ids of ``values`` (anything not a list counts as empty)."""
+    if not isinstance(values, (list, tuple)):
+        return []
+    return [v for v in values if table.valid_minion_id(v)]
+
+
+def grain_roles(grains):
+    """Roles list from a grains dict (``roles`` may be a string or a list)."""
+    roles = (grains or {}).get("roles") if isinstance(grains, dict) else None
+    if isinstance(roles, str):
+        return [roles]
+    return [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []
+
+
+def minions_with_role(grains_cache, role):
+    """Sorted minion ids of the grains cache that have ``role``."""
+    return sorted(m for m, g in (grains_cache or {}).items() if role in grain_roles(g))
+
+
+def tag_minion(tag):
+    """The minion named in a beacon tag ``salt/beacon/<id>/...``; None for other tags."""
+    if isinstance(tag, str) and tag.startswith("salt/beacon/"):
+        parts = tag.split("/")
+        return parts[2] if len(parts) > 2 else ""
+    return None
+
+
+def claimed_status(value):
+    """The status an event claims, if it is one a probe can report; else None."""
+    return value if value in CLAIMABLE_STATUSES else None
+
+
+def validate_request(table, minion, daemon, tag_minion_id=None, grains_cache=None):
+    """
+    Validate a remediation request from an event. Returns ``(ok, reason, detail)``.
+
+    Malformed (reason ``"malformed health event"``): the authenticated ``minion`` or the
+    minion named in the tag is not a valid id, or ``daemon`` is not in the table. Spoofed: the
+    tag names another minion than the authenticated one, or the master's grains cache does
+    not know ``minion`` or does not give it the role that runs ``daemon``.
+    """
+    if not table.valid_minion_id(minion):
+        return False, "malformed health event", "invalid minion id"
+    if tag_minion_id is not None and not table.valid_minion_id(tag_minion_id):
+        return False, "malformed health event", "invalid minion id in the tag"
+    row = table.get(daemon) if isinstance(daemon, str) else None
+    if row is None:
+        return False, "malformed health event", "unknown daemon"
+    if tag_minion_id is not None and tag_minion_id != minion:
+        return False, "tag minion does not match the authenticated minion id", None
+    grains = (grains_cache or {}).get(minion)
+    if not grains:
+        return False, "minion not in the master's grains cache", None
+    if row["role"] not in grain_roles(grains):
+        return False, f"minion does not have role {row['role']}", None
+    return True, "ok", None
+
+
+def remediation_route(table, daemon):
+    """Who handles an event of ``daemon``: ``scheduler`` | ``lb`` | ``service`` (by probe kind)."""
+    probe = table.get(daemon)["probe"]
+    if probe == "heartbeat":
+        return "scheduler"  # cluster-wide: placement, restart or failover
+    if probe == "api":
+        return "lb"  # an api-server is taken out of / put back into haproxy
+    return "service"
+
+
+def gate(maintenance, deployed, require_deploy):
+    """None when remediation may run, else why not: ``maintenance`` | ``not deployed``."""
+    if maintenance:
+        return "maintenance"
+    if require_deploy and not deployed:
+        return "not deployed"
+    return None
+
+
+# ====================================================================== damping, services
+def damping(history, minion, daemon, now, max_attempts, window):
+    """
+    Flap damping. ``history``: audit records. Counts remediation attempts (records with
+    ``attempt: True``) for (minion, daemon) within ``window`` seconds before ``now``.
+    Returns ``(allowed, attempts_in_window)``.
+    """
+    count = 0
+    for rec in history or []:
+        if rec.get("attempt") and rec.get("minion") == minion and rec.get("daemon") == daemon:
+            try:
+                age = now - float(rec.get("ts", 0))
+            except (TypeError, ValueError):
+                continue
+            if age <= window:
+                count += 1
+    return count < int(max_attempts), count
+
+
+def decide_service(table, daemon, probe):
+    """
+    Action for a re-probed daemon (``probe``: return of ``airflow_health.probe``, None when the
+    node did not answer): ``unreachable`` | ``ignore`` | ``wait`` | ``restart`` |
+    ``kill-restart``.
+    """
+    if not isinstance(probe, dict):
+        return "unreachable"
+    status = probe.get("status")
+    if status == "ok":
+        return "ignore"  # stale or spoofed event
+    if status == "dead":
+        return "restart"
+    if status == "hung" and table.get(daemon)["probe"] == "ping":
+        return "kill-restart"  # a hung (e.g. SIGSTOPped) worker ignores SIGTERM
+    return "wait"  # restarting: systemd is on it; unknown/absent/error: no evidence
+
+
+def probe_ok(probe):
+    """Did a re-probe after a restart find the daemon healthy?"""
+    return isinstance(probe, dict) and probe.get("status") == "ok"
+
+
+# ====================================================================== scheduler
+def scheduler_placement(runtime_active, pillar_scheduler, masters, default_mode, table):
+    """
+    ``(mode, active)`` of the scheduler: mode from pillar ``airflow:scheduler:mode`` (else
+    ``default_mode``); active from the runtime pillar (written by a failover), then pillar
+    ``airflow:scheduler:active``, then the first master by id. Invalid ids are skipped.
+    """
+    sched = pillar_scheduler if isinstance(pillar_scheduler, dict) else {}
+    mode = sched.get("mode") if sched.get("mode") in SCHEDULER_MODES else default_mode
+    for candidate in (runtime_active, sched.get("active")):
+        if table.valid_minion_id(candidate):
+            return mode, candidate
+    return mode, (masters[0] if masters else None)
+
+
+def needs_active_probe(mode, heartbeat):
+    """Does the scheduler decision need the active node's state (reachable, unit)?"""
+    return (mode != "active-active" and isinstance(heartbeat, dict)
+            and heartbeat.get("status") in ("stale", "none"))
+
+
+def decide_scheduler(mode, heartbeat, active=None, active_reachable=False, active_unit=None,
+                     restart_allowed=True):
+    """
+    Decide about the scheduler after a health event.
+
+    heartbeat: ``airflow_health.scheduler_heartbeat`` of the reporting master (None: it did not
+    answer); active: minion id of the active scheduler; active_reachable: it answered a ping;
+    active_unit: its ``airflow_health.service scheduler`` (status ok|restarting|dead|...,
+    ``starting`` while within the node's start grace); restart_allowed: flap damping of a
+    restart on the active node.
+
+    Returns ignore-active-active | unreachable | healthy | unknown | failover | wait |
+    restart | failover-damped.
+    """
+    if mode == "active-active":
+        return "ignore-active-active"  # every master runs one; systemd restarts it
+    if not isinstance(heartbeat, dict):
+        return "unreachable"
+    status = heartbeat.get("status")
+    if status == "ok":
+        return "healthy"
+    if status not in ("stale", "none"):
+        return "unknown"  # the metastore cannot be read: no evidence
+    if not active or not active_reachable:
+        return "failover"
+    unit = active_unit if isinstance(active_unit, dict) else {}
+    if unit.get("status") == "restarting":
+        return "wait"  # systemd is restarting it
+    if unit.get("status") == "ok" and unit.get("starting"):
+        return "wait"  # started within the start grace: no heartbeat yet is normal
+    # running without heartbeat (hung), failed, or no answer about the unit: restart it on
+    # the same node once more, unless damped, then move it
+    return "restart" if restart_allowed else "failover-damped"
+
+
+def node_names(minion, grains=None):
+    """Names a SchedulerJob hostname of ``minion`` may carry (id, host, fqdn, nodename)."""
+    names = {minion} if minion else set()
+    for key in ("host", "fqdn", "nodename", "localhost"):
+        value = (grains or {}).get(key) if isinstance(grains, dict) else None
+        if isinstance(value, str) and value:
+            names.add(value)
+    return names
+
+
+def host_matches(hostname, names):
+    """Is ``hostname`` (from the metastore) one of ``names`` (short names compared too)?"""
+    if not hostname or not isinstance(hostname, str):
+        return False
+    return hostname in names or hostname.split(".")[0] in {n.split(".")[0] for n in names}
+
+
+def fresh_hosts(heartbeat):
+    """Hostnames with a fresh scheduler heartbeat (empty when the probe failed)."""
+    fresh = heartbeat.get("fresh") if isinstance(heartbeat, dict) else None
+    return [h for h in fresh if isinstance(h, str)] if isinstance(fresh, list) else []
+
+
+def failover_needed(heartbeat, failed_names, manual):
+    """
+    False when a fresh heartbeat comes from a node other than the failed one: the scheduler
+    already moved (or was never down). A manual failover always proceeds.
+    """
+    if manual:
+        return True
+    if not isinstance(heartbeat, dict) or heartbeat.get("status") != "ok":
+        return True
+    return any(host_matches(h, failed_names) for h in fresh_hosts(heartbeat))
+
+
+def candidate(check):
+    """A master's eligibility facts from its ``airflow_health.check`` (None: no answer)."""
+    check = check if isinstance(check, dict) else {}
+    facts = {"present": True}
+    for daemon in CANDIDATE_NEEDS:
+        entry = check.get(daemon)
+        facts[daemon] = entry.get("status") if isinstance(entry, dict) else None
+    return facts
+
+
+def elect_master(candidates, failed=None):
+    """
+    Deterministic election. ``candidates``: {minion: {'present': bool, <daemon>: status}}.
+    A candidate must be present with every CANDIDATE_NEEDS daemon ok. Returns the first
+    eligible minion id in sorted order, or None.
+    """
+    for minion in sorted(candidates or {}):
+        if minion == failed:
+            continue
+        info = candidates[minion] or {}
+        if info.get("present") and all(info.get(d) == "ok" for d in CANDIDATE_NEEDS):
+            return minion
+    return None
+
+
+def fencing_outcome(stop_ret, disable_ret):
+    """
+    Outcome of fencing a scheduler from the LocalClient returns of service.stop and
+    service.disable (None = no answer): fenced | unreachable | failed.
+    """
+    if stop_ret is None and disable_ret is None:
+        return "unreachable"
+    if stop_ret is True and disable_ret is True:
+        return "fenced"
+    return "failed"
+
+
+def fence_wait_until(now, heartbeat):
+    """
+    How long a failover may wait for the old node's last heartbeat to go stale: its age
+    limit (``stale_seconds``, reported by the health module) plus 5 s; no wait without it.
+    """
+    stale = heartbeat.get("stale_seconds") if isinstance(heartbeat, dict) else None
+    if isinstance(stale, bool) or not isinstance(stale, (int, float)):
+        return now
+    return now + float(stale) + 5
+
+
+def scheduler_start_verdict(fence, heartbeat, old_names, waited_out):
+    """
+    Never two schedulers: may the new scheduler start? ``start`` | ``wait`` | ``refuse``.
+
+    fence: fencing outcome of the old node; heartbeat: the new node's view of the metastore;
+    old_names: the names of the old node (``node_names``); waited_out: the wait deadline
+    (``fence_wait_until``) has passed.
+
+    * fenced: the old scheduler is stopped and disabled: start.
+    * the heartbeats cannot be read: only a fenced old node is safe: refuse.
+    * nobody heartbeats: start.
+    * only the old node heartbeats and it is unreachable: it may have heartbeated just before
+      it vanished; wait until that goes stale (the guard would refuse the start before that).
+    * anything else (another node heartbeats, or the old one answered but could not be
+      fenced and still heartbeats): refuse.
+    """
+    if fence == "fenced":
+        return "start"
+    if not isinstance(heartbeat, dict) or heartbeat.get("status") not in ("ok", "stale", "none"):
+        return "refuse"
+    fresh = fresh_hosts(heartbeat)
+    if not fresh:
+        return "start"
+    only_old = all(host_matches(h, old_names) for h in fresh)
+    if fence == "unreachable" and only_old and not waited_out:
+        return "wait"
+    return "refuse"
+
+
+def runs_scheduler(heartbeat, names):
+    """Does the heartbeat show a fresh scheduler of the node with ``names``?"""
+    return any(host_matches(h, names) for h in fresh_hosts(heartbeat))
+
+
+def must_fence_returning(mode, active, minion):
+    """A (re)started master that is not the active scheduler gets its scheduler fenced."""
+    return mode != "active-active" and bool(active) and active != minion
+
+
+def presence_failover(mode, active, lost):
+    """Does a presence change that lost ``lost`` call for a failover check of ``active``?"""
+    return mode != "active-active" and bool(active) and active in (lost or [])
+
+
+def runtime_pillar_text(table, active):
+    """YAML of the runtime pillar that persists the active scheduler."""
+    if not table.valid_minion_id(active):
+        raise ValueError(f"invalid minion id {active!r}")
+    return (
+        "# written by the airflow healing runner (salt-run airflow.failover_scheduler)\n"
+        f"airflow:\n  scheduler:\n    active: {active}\n"
+    )
+
+
+def parse_runtime_pillar(table, text):
+    """Active scheduler from the runtime pillar text (None if absent or not a valid id)."""
+    for line in (text or "").splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep and key == "active" and line[:1].isspace():
+            value = value.strip()
+            return value if table.valid_minion_id(value) else None
+    return None
+
+
+# ====================================================================== load balancer
+def starts_burst(first_pending_ts, last_run_started_ts):
+    """Does a new reconcile request start a new burst (nothing pending since the last run)?"""
+    if first_pending_ts is None:
+        return True
+    return last_run_started_ts is not None and first_pending_ts <= last_run_started_ts
+
+
+def debounce_decision(my_ts, latest_request_ts, last_run_started_ts, first_pending_ts=None,
+                      now=None, max_wait=None):
+    """
+    Trailing-edge debounce of reconcile_lb requests, with a maximum wait. ``run`` |
+    ``coalesced``.
+
+    A reconcile that started after this request covers it. A newer request will run after its
+    own quiet period, so this one yields to it, unless the burst has already waited
+    ``max_wait`` seconds since its first request (a steady stream of events must not starve
+    haproxy of every update).
+    """
+    if last_run_started_ts is not None and last_run_started_ts >= my_ts:
+        return "coalesced"
+    if latest_request_ts is not None and latest_request_ts > my_ts:
+        if (max_wait and now is not None and first_pending_ts is not None
+                and now - first_pending_ts >= max_wait):
+            return "run"
+        return "coalesced"
+    return "run"
+
+
+def api_health(results, masters):
+    """
+    {master: ok | dead | None} from ``airflow_health.api_server`` returns (``results``: the
+    answers of the masters that answered). None: no answer or no evidence.
+    """
+    health = {}
+    for minion in masters or []:
+        res = (results or {}).get(minion)
+        status = res.get("status") if isinstance(res, dict) else None
+        health[minion] = {"ok": "ok", "down": "dead"}.get(status)
+    return health
+
+
+def lb_runtime_actions(table, backends, api_health_map, drained=()):
+    """
+    Runtime haproxy actions ``[(server, maint|ready)]``. backends: [{'name', 'status'}] from
+    show stat; api_health_map: {minion: ok|dead|None}. A server whose node answered "dead"
+    -> maint, but never the last healthy one; healthy and in MAINT -> ready. Unanswered nodes
+    are left to haproxy's own health check (a salt hiccup must not empty the backend).
+    Servers drained on purpose are left alone.
+    """
+    health = api_health_map or {}
+    actions = []
+    healthy = {n for n, h in health.items() if h == "ok"}
+    for be in backends if isinstance(backends, list) else []:
+        name = be.get("name") if isinstance(be, dict) else None
+        if not table.valid_minion_id(name) or name in drained:
+            continue
+        status = str(be.get("status") or "").upper()
+        state = health.get(name)
+        if state == "dead" and not status.startswith("MAINT") and healthy - {name}:
+            actions.append((name, "maint"))
+        elif state == "ok" and status.startswith("MAINT"):
+            actions.append((name, "ready"))
+    return actions
+
+
+def sessions_of(rows, server):
+    """Current sessions of ``server`` in ``haproxy_backends`` rows (anything else: 0)."""
+    total = 0
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict) and row.get("name") == server:
+            try:
+                total += int(row.get("scur") or 0)
+            except (TypeError, ValueError):
+                continue
+    return total
+
+
+def lb_apply_ok(applied, lbs):
+    """Did every lb node answer its ``state.apply airflow.lb`` with a state result?"""
+    return set(applied or {}) == set(lbs or []) and all(
+        isinstance(v, dict) for v in (applied or {}).values())

@@ -1,0 +1,126 @@
+"""
+haproxy follows the api-servers (Salt utility module ``airflow_lb``, master side).
+
+* ``reconcile``: debounced (``airflow_decide.debounce_decision``); sets dead api-servers to
+  maint and recovered ones back to ready over the admin socket (``lb_runtime_actions``), then
+  refreshes the mine and applies ``airflow.lb`` (new or removed masters; a reload keeps
+  connections) and sets the runtime states again.
+* ``drain`` / ``undrain``: planned removal of an api-server without failed requests.
+
+Every function takes the runner's ``Context`` (``airflow_ops``) first.
+"""
+
+import logging
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "airflow_lb"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _api_health(ctx, masters, present):
+    ret = ctx.ops.cmd(present, "airflow_health.api_server", tgt_type="list",
+                      timeout=ctx.conf["ping_timeout"] + 3) if present else {}
+    return ctx.core.api_health(ret, masters)
+
+
+def _set_runtime_states(ctx, lbs, health, drained, actions):
+    """The fast path: admin socket commands, no reload. Records what it did in ``actions``."""
+    for lb in lbs:
+        backends = ctx.ops.one(lb, "airflow_health.haproxy_backends")
+        for server, state in ctx.core.lb_runtime_actions(ctx.table, backends, health, drained):
+            res = ctx.ops.one(lb, "airflow_health.haproxy_set_server", [server, state])
+            ok = bool(isinstance(res, dict) and res.get("result"))
+            actions.setdefault(lb, []).append((server, state, ok))
+
+
+def _debounce(ctx, quiet):
+    """Register a request, wait ``quiet`` s; returns this request's timestamp."""
+    store, clock = ctx.store, ctx.clock
+    my_ts = clock.now()
+    with store.lock("lb-request", blocking=True, timeout=5):
+        store.write_ts("lb.request", my_ts)
+        if ctx.core.starts_burst(store.read_ts("lb.first"), store.read_ts("lb.run")):
+            store.write_ts("lb.first", my_ts)
+    clock.sleep(quiet)
+    return my_ts
+
+
+def reconcile(ctx, reason="manual", quiet=None):
+    """Make haproxy follow the api-servers (see the module docstring)."""
+    conf, store, clock, ops = ctx.conf, ctx.store, ctx.clock, ctx.ops
+    quiet = float(conf["lb_quiet"] if quiet is None else quiet)
+    my_ts = _debounce(ctx, quiet)
+    with store.lock("lb", blocking=True, timeout=conf["lb_apply_timeout"] + 30) as got:
+        if not got:
+            return {"result": "busy"}
+        decision = ctx.core.debounce_decision(
+            my_ts, store.read_ts("lb.request"), store.read_ts("lb.run"),
+            first_pending_ts=store.read_ts("lb.first"), now=clock.now(),
+            max_wait=conf["lb_max_wait"])
+        if decision == "coalesced":
+            return {"result": "coalesced"}
+        start = clock.now()
+        store.write_ts("lb.run", start)
+        cache = ops.grains_cache()
+        masters = ctx.minions_running("api-server", cache)
+        lbs = ctx.minions_running("haproxy", cache)
+        present = ops.present(masters)
+        if conf["dry_run"]:
+            ctx.audit("reconcile_lb", None, "api-server", reason, "dry-run")
+            return {"result": "dry-run"}
+        health = _api_health(ctx, masters, present)
+        drained = store.drained()
+        actions = {}
+        _set_runtime_states(ctx, lbs, health, drained, actions)
+        # slow path: backends from the mine (new/removed masters); a reload keeps connections
+        if present:
+            ops.cmd(present, "mine.update", tgt_type="list", timeout=conf["ping_timeout"] + 5)
+        # queue: wait for a state run already going on the lb node instead of failing
+        applied = ops.cmd(lbs, "state.apply", ["airflow.lb"], tgt_type="list",
+                          timeout=conf["lb_apply_timeout"], kwarg={"queue": True}) if lbs else {}
+        _set_runtime_states(ctx, lbs, health, drained, actions)  # a reload resets them
+        outcome = "ok" if ctx.core.lb_apply_ok(applied, lbs) else "partial"
+        ctx.audit("reconcile_lb", None, "api-server", reason, outcome, health=health,
+                  runtime=actions, seconds=round(clock.now() - start, 1))
+        return {"result": outcome, "health": health, "runtime": actions}
+
+
+def drain(ctx, server, timeout=None):
+    """Drain ``server`` in haproxy, wait for 0 sessions, then maint: drained | timeout."""
+    if not ctx.table.valid_minion_id(server):
+        return {"result": "error", "reason": "invalid server name"}
+    ops, clock, store = ctx.ops, ctx.clock, ctx.store
+    timeout = float(timeout or ctx.conf["drain_timeout"])
+    lbs = ctx.minions_running("haproxy")
+    store.set_drained(store.drained() | {server})
+    start = clock.now()
+    for lb in lbs:
+        ops.one(lb, "airflow_health.haproxy_set_server", [server, "drain"])
+    outcome = "timeout"
+    while clock.now() - start < timeout:
+        busy = sum(ctx.core.sessions_of(ops.one(lb, "airflow_health.haproxy_backends"), server)
+                   for lb in lbs)
+        if busy == 0:
+            outcome = "drained"
+            break
+        clock.sleep(0.5)
+    for lb in lbs:
+        ops.one(lb, "airflow_health.haproxy_set_server", [server, "maint"])
+    ctx.audit("drain", server, "api-server", "planned removal", outcome,
+              seconds=round(clock.now() - start, 1))
+    return {"result": outcome, "server": server}
+
+
+def undrain(ctx, server):
+    """Put a drained api-server back into service (ready)."""
+    if not ctx.table.valid_minion_id(server):
+        return {"result": "error", "reason": "invalid server name"}
+    ctx.store.set_drained(ctx.store.drained() - {server})
+    for lb in ctx.minions_running("haproxy"):
+        ctx.ops.one(lb, "airflow_health.haproxy_set_server", [server, "ready"])
+    ctx.audit("undrain", server, "api-server", "back in service", "ready")
+    return {"result": "ready", "server": server}

@@ -1,0 +1,230 @@
+"""
+What the healing runner does through Salt, and the context its concerns share (Salt utility
+module ``airflow_ops``, master side).
+
+* ``SystemClock``: ``now()`` (epoch seconds) and ``sleep(seconds)``; tests hand in a fake.
+* ``SaltOps(opts, conf)``: LocalClient calls to minions, master events, the master's grains
+  cache and a master's compiled pillar. Every call returns data or None/{}: a minion that does
+  not answer is an observation, not an exception.
+* ``Context``: the one object the concern modules (``airflow_heal``, ``airflow_scheduler``,
+  ``airflow_lb``) receive: settings, clock, store, ops, the daemon table and the decision
+  core, plus the few steps they share (gates, damping, scheduler placement).
+
+The runner (``_runners/airflow.py``) builds the context from ``__utils__``; the parts are
+handed in, never imported, so each module is testable alone.
+"""
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "airflow_ops"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+class SystemClock:
+    """The wall clock (audit timestamps and damping windows are epoch seconds)."""
+
+    @staticmethod
+    def now():
+        return time.time()
+
+    @staticmethod
+    def sleep(seconds):
+        time.sleep(seconds)
+
+
+def system_clock():
+    """The real clock."""
+    return SystemClock()
+
+
+class SaltOps:
+    """Salt calls of the healing runner on the master."""
+
+    def __init__(self, opts, conf):
+        self.opts = opts
+        self.conf = conf
+
+    def _client(self):
+        import salt.client  # pylint: disable=import-outside-toplevel
+
+        return salt.client.get_local_client(mopts=self.opts)
+
+    def cmd(self, tgt, fun, arg=(), timeout=None, tgt_type="glob", kwarg=None):
+        """LocalClient call; returns {minion: return} of the minions that answered."""
+        try:
+            return self._client().cmd(
+                tgt,
+                fun,
+                arg=list(arg),
+                timeout=timeout or self.conf["probe_timeout"],
+                tgt_type=tgt_type,
+                kwarg=kwarg,
+                gather_job_timeout=max(2, int(self.conf["ping_timeout"])),
+            ) or {}
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("airflow healing: %s on %s failed: %s", fun, tgt, exc)
+            return {}
+
+    def one(self, minion, fun, arg=(), timeout=None, kwarg=None):
+        """Return of one minion (None if it did not answer)."""
+        return self.cmd(minion, fun, arg, timeout=timeout, kwarg=kwarg).get(minion)
+
+    def cmd_async(self, minions, fun):
+        """Fire ``fun`` on a list of minions without waiting."""
+        try:
+            self._client().cmd_async(list(minions), fun, tgt_type="list")
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("airflow healing: %s failed: %s", fun, exc)
+
+    def present(self, minions):
+        """Minions (of a list) that answer test.ping quickly."""
+        if not minions:
+            return []
+        ret = self.cmd(list(minions), "test.ping", timeout=self.conf["ping_timeout"],
+                       tgt_type="list")
+        return sorted(m for m, v in ret.items() if v is True)
+
+    def grains_cache(self, tgt="*"):
+        """The master's grains cache {minion: grains} (what the minions last reported)."""
+        import salt.utils.master  # pylint: disable=import-outside-toplevel
+
+        try:
+            util = salt.utils.master.MasterPillarUtil(
+                tgt, "glob", use_cached_grains=True, grains_fallback=False, opts=self.opts
+            )
+            return util.get_minion_grains() or {}
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("airflow healing: grains cache unreadable: %s", exc)
+            return {}
+
+    def pillar(self, minion, grains):
+        """The compiled pillar of ``minion`` on the master ({} if it cannot be compiled)."""
+        import salt.pillar  # pylint: disable=import-outside-toplevel
+
+        try:
+            return salt.pillar.get_pillar(self.opts, grains or {}, minion,
+                                          saltenv="base").compile_pillar() or {}
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("airflow healing: cannot compile pillar: %s", exc)
+            return {}
+
+    def fire(self, tag, data):
+        """Fire an event on the master's bus (alerts and outcomes for operators)."""
+        import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+        try:
+            with salt.utils.event.get_master_event(
+                self.opts, self.opts["sock_dir"], listen=False
+            ) as event:
+                event.fire_event(data, tag)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("airflow healing: cannot fire %s: %s", tag, exc)
+
+
+def salt_ops(opts, conf):
+    """SaltOps of the master options ``opts`` and runner settings ``conf``."""
+    return SaltOps(opts, conf)
+
+
+class Context:
+    """Everything a healing concern needs, handed in (see the module docstring)."""
+
+    def __init__(self, conf, clock, store, ops, table, core):
+        self.conf = conf
+        self.clock = clock
+        self.store = store
+        self.ops = ops
+        self.table = table
+        self.core = core
+
+    def audit(self, action, minion=None, daemon=None, reason=None, outcome=None, **extra):
+        return self.store.audit(action, minion, daemon, reason, outcome, **extra)
+
+    def role_of(self, daemon):
+        return self.table.role_of(daemon)
+
+    def minions_running(self, daemon, grains_cache=None):
+        """Minions whose role (master's grains cache) runs ``daemon``."""
+        cache = self.ops.grains_cache() if grains_cache is None else grains_cache
+        return self.core.minions_with_role(cache, self.role_of(daemon))
+
+    def valid_minion(self, minion, what):
+        """A minion id fit to act on; anything else is audited as ignored."""
+        if self.table.valid_minion_id(minion):
+            return True
+        self.audit("ignored", "?", None, f"{what}: invalid minion id", "ignored")
+        return False
+
+    def gate(self, minion, daemon):
+        """Maintenance / not-yet-deployed gate: a result dict to return, or None to go on."""
+        why = self.core.gate(self.store.flag("maintenance"), self.store.flag("deployed"),
+                             self.conf["require_deploy"])
+        if why == "maintenance":
+            self.audit("skipped", minion, daemon, "maintenance mode", "skipped")
+        elif why:
+            log.info("airflow healing: %s/%s skipped, cluster not deployed yet", minion, daemon)
+        return {"result": "skipped", "reason": why} if why else None
+
+    def restart_allowed(self, minion, daemon):
+        """Flap damping of a remediation of (minion, daemon): may it run now?"""
+        allowed, _ = self.core.damping(self.store.read_audit(), minion, daemon,
+                                       self.clock.now(), self.conf["max_attempts"],
+                                       self.conf["window"])
+        return allowed
+
+    def damped(self, minion, daemon):
+        """Audit and announce that remediation of (minion, daemon) stopped (flap damping)."""
+        _, count = self.core.damping(self.store.read_audit(), minion, daemon, self.clock.now(),
+                                     self.conf["max_attempts"], self.conf["window"])
+        self.audit("alert", minion, daemon, f"{count} remediations in {self.conf['window']:g}s",
+                   "damped")
+        self.ops.fire(f"airflow/alert/{minion}/{daemon}",
+                      {"minion": minion, "daemon": daemon, "attempts": count,
+                       "reason": "flap damping: remediation stopped"})
+
+    def placement(self, grains_cache=None):
+        """(mode, active) of the scheduler: runtime pillar, then a master's compiled pillar."""
+        cache = self.ops.grains_cache() if grains_cache is None else grains_cache
+        runtime = self.core.parse_runtime_pillar(self.table, self.store.read_runtime_pillar())
+        masters = self.minions_running("scheduler", cache)
+        sched = {}
+        if masters:
+            pil = self.ops.pillar(masters[0], cache.get(masters[0]))
+            sched = (pil.get("airflow") or {}).get("scheduler") or {}
+        return self.core.scheduler_placement(runtime, sched, masters, self.conf["default_mode"],
+                                             self.table)
+
+
+def context(conf, clock, store, ops, table, core):
+    """The Context of the healing concerns (all parts handed in)."""
+    return Context(conf, clock, store, ops, table, core)
+
+
+def cluster_status(ctx):
+    """Cluster overview for ``salt-run airflow.status`` (see the runner)."""
+    cache = ctx.ops.grains_cache()
+    minions = sorted(cache)
+    present = ctx.ops.present(minions)
+    health = ctx.ops.cmd(present, "airflow_health.check", tgt_type="list",
+                         timeout=ctx.conf["probe_timeout"] + 10) if present else {}
+    backends = {}
+    for lb in ctx.minions_running("haproxy", cache):
+        if lb in present:
+            backends[lb] = ctx.ops.one(lb, "airflow_health.haproxy_backends")
+    mode, active = ctx.placement(cache)
+    return {
+        "nodes": {m: {"roles": ctx.core.grain_roles(cache[m]), "present": m in present}
+                  for m in minions},
+        "health": health,
+        "scheduler": {"mode": mode, "active": active},
+        "haproxy": backends,
+        "maintenance": ctx.store.flag("maintenance"),
+        "deployed": ctx.store.flag("deployed"),
+        "recent": ctx.store.read_audit(10),
+    }
