@@ -10,9 +10,13 @@ Configuration (written by ``salt/airflow/healing.sls`` from pillar ``airflow:hea
         - interval: 5              # seconds between checks (Salt's beacon interval)
         - checks: [worker]         # daemons to watch (derived from the roles grain)
         - worker_ping_failures: 2  # consecutive failed Celery pings before "hung"
-        - worker_ping_timeout: 3
-        - heartbeat_stale: 15      # scheduler heartbeat age (s) that counts as dead
         - refire: 30               # re-fire while still unhealthy (a lost event is recovered)
+        - scheduler_check_every: 6 # the metastore query costs a Python start: at most this often
+
+Everything else comes from the health module ``airflow_health``: the daemon names (the daemon
+table), and from the node settings file the stale-heartbeat threshold, the start grace and the
+worker ping timeout. The keys ``heartbeat_stale``, ``start_grace`` and ``worker_ping_timeout``
+that older releases wrote here are accepted and ignored (one release), with a warning.
 
 Events: tag ``salt/beacon/<minion>/airflow_health/<daemon>``, data
 ``{'daemon': 'worker', 'status': 'ok'|'dead'|'hung', 'previous': ..., 'detail': ...}``.
@@ -29,23 +33,24 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "airflow_health"
 
-DAEMONS = ("api-server", "scheduler", "dag-processor", "triggerer", "worker", "flower",
-           "postgresql", "rabbitmq", "haproxy")
 UNHEALTHY = ("dead", "hung")
 DEFAULTS = {
     "checks": [],
     "worker_ping_failures": 2,
-    "worker_ping_timeout": 3,
-    "heartbeat_stale": 15,
     "refire": 30,
-    "start_grace": 20,
-    # the scheduler check starts a Python with SQLAlchemy (~1 s of CPU): at most this often
     "scheduler_check_every": 6,
 }
+_NUMBERS = ("worker_ping_failures", "refire", "scheduler_check_every")
+#: Salt's own beacon options (handled by the minion, not by this beacon).
+_SALT_KEYS = ("enabled", "interval", "disable_during_state_run", "run_once", "beacon_module")
+#: Keys of older releases, now node settings of the health module: accepted and ignored.
+LEGACY_KEYS = ("heartbeat_stale", "start_grace", "worker_ping_timeout")
 
 # beacon memory (the loader keeps the module between calls)
-_STATE = {}  # daemon -> {'status': str, 'last_fire': float}
+_STATE = {}  # daemon -> {'status': str, 'last_fire': float, 'probed': float}
 _PING = {"thread": None, "failures": 0, "last": None, "lock": threading.Lock()}
+_WARNED = {}
+_clock = time.time  # replaced by tests
 
 
 def __virtual__():
@@ -62,22 +67,39 @@ def _to_dict(config):
     return out
 
 
+def _daemon_names():
+    """Daemon names of the daemon table, through the health module."""
+    return [row["name"] for row in __salt__["airflow_health.daemons"]()]
+
+
 def validate(config):
     """Validate the beacon configuration (a list of one-key dicts)."""
     if not isinstance(config, list):
         return False, "Configuration for airflow_health beacon must be a list."
     conf = _to_dict(config)
+    unknown = sorted(k for k in set(conf) - set(DEFAULTS) - set(_SALT_KEYS) - set(LEGACY_KEYS)
+                     if not str(k).startswith("_"))  # _beacon_name & co: Salt's own
+    if unknown:
+        return False, f"airflow_health: unknown option(s) {', '.join(unknown)}"
+    try:
+        names = _daemon_names()
+    except Exception as exc:  # pylint: disable=broad-except
+        return False, f"airflow_health: daemon table unavailable (sync modules?): {exc}"
     checks = conf.get("checks", [])
-    if not isinstance(checks, list) or any(c not in DAEMONS for c in checks):
-        return False, f"airflow_health: checks must be a list of {', '.join(DAEMONS)}"
-    for key in ("worker_ping_failures", "worker_ping_timeout", "heartbeat_stale", "refire",
-                "start_grace", "scheduler_check_every"):
+    if not isinstance(checks, list) or any(c not in names for c in checks):
+        return False, f"airflow_health: checks must be a list of {', '.join(names)}"
+    for key in _NUMBERS:
         if key in conf:
             try:
-                if float(conf[key]) <= 0:
+                if isinstance(conf[key], bool) or float(conf[key]) <= 0:
                     raise ValueError
             except (TypeError, ValueError):
                 return False, f"airflow_health: {key} must be a positive number"
+    legacy = sorted(set(conf) & set(LEGACY_KEYS))
+    if legacy and not _WARNED.get("legacy"):  # validate() runs every beacon cycle: warn once
+        _WARNED["legacy"] = True
+        log.warning("airflow_health beacon: %s ignored (now node settings of airflow_health)",
+                    ", ".join(legacy))
     return True, "Valid beacon configuration"
 
 
@@ -100,9 +122,9 @@ def transition(previous, current, last_fire, now, refire):
     return False, current
 
 
-def _ping_worker(ping_fn, timeout):
+def _ping_worker(ping_fn):
     try:
-        res = ping_fn(timeout)
+        res = ping_fn()
     except Exception as exc:  # pylint: disable=broad-except
         res = {"status": "error", "detail": str(exc)}
     with _PING["lock"]:
@@ -113,29 +135,30 @@ def _ping_worker(ping_fn, timeout):
         _PING["last"] = res
 
 
+def _start_ping():
+    """Start a background ping unless one is running (the module's timeout applies)."""
+    # look the function up BEFORE starting the thread (__salt__ is not thread-safe to load)
+    ping_fn = __salt__["airflow_health.worker_ping"]
+    thread = _PING["thread"]
+    if thread is None or not thread.is_alive():
+        _PING["thread"] = threading.Thread(target=_ping_worker, args=(ping_fn,),
+                                           name="airflow-health-ping", daemon=True)
+        _PING["thread"].start()
+
+
 def _worker_status(conf, svc):
     """Worker health from the unit state and the last finished background ping."""
     if svc["status"] != "ok":
         with _PING["lock"]:
             _PING["failures"] = 0
         return svc["status"], svc
-    # look the function up BEFORE starting the thread (__salt__ is not thread-safe to load)
-    ping_fn = __salt__["airflow_health.worker_ping"]
-    thread = _PING["thread"]
-    if thread is None or not thread.is_alive():
-        _PING["thread"] = threading.Thread(
-            target=_ping_worker,
-            args=(ping_fn, float(conf["worker_ping_timeout"])),
-            name="airflow-health-ping",
-            daemon=True,
-        )
-        _PING["thread"].start()
+    _start_ping()
     with _PING["lock"]:
         failures = _PING["failures"]
         last = _PING["last"]
     if failures >= int(conf["worker_ping_failures"]):
-        if (svc.get("uptime") or 0) < float(conf["start_grace"]):
-            return "unknown", {}  # (re)starting worker: not answering yet is normal
+        if svc.get("starting"):
+            return "unknown", {}  # within the start grace: not answering yet is normal
         return "hung", {"ping_failures": failures, "last_ping": last}
     if last is None:
         return "unknown", {}
@@ -144,11 +167,11 @@ def _worker_status(conf, svc):
     return "ok", {"ping_failures": failures}
 
 
-def _status_of(daemon, conf):
-    if daemon == "worker":
-        svc = __salt__["airflow_health.service"]("worker")
+def _status_of(daemon, conf, probe_kind):
+    if probe_kind == "ping":
+        svc = __salt__["airflow_health.service"](daemon)
         return _worker_status(conf, svc)
-    res = __salt__["airflow_health.probe"](daemon, heartbeat_stale=conf["heartbeat_stale"])
+    res = __salt__["airflow_health.probe"](daemon)
     return res.get("status"), res
 
 
@@ -161,18 +184,19 @@ def beacon(config):
     """Check the configured daemons; return one event per health change (or re-fire)."""
     conf = dict(DEFAULTS)
     conf.update(_to_dict(config))
-    now = time.time()
+    now = _clock()
+    kinds = {row["name"]: row["probe"] for row in __salt__["airflow_health.daemons"]()}
     events = []
     for daemon in conf.get("checks") or []:
-        if daemon not in DAEMONS:
+        if daemon not in kinds:
             continue
         entry = _STATE.setdefault(daemon, {"status": None, "last_fire": 0.0})
-        if daemon == "scheduler":
-            if now - entry.get("probed", 0.0) < float(conf["scheduler_check_every"]):
+        if kinds[daemon] == "heartbeat":  # one metastore query per scheduler_check_every
+            if now - entry.get("probed", float("-inf")) < float(conf["scheduler_check_every"]):
                 continue
             entry["probed"] = now
         try:
-            current, detail = _status_of(daemon, conf)
+            current, detail = _status_of(daemon, conf, kinds[daemon])
         except Exception as exc:  # pylint: disable=broad-except
             log.warning("airflow_health beacon: probe of %s failed: %s", daemon, exc)
             continue

@@ -4,6 +4,13 @@ Health probes of the Airflow daemons on this node (execution module ``airflow_he
 Used by the ``airflow_health`` beacon (on every minion) and by the healing runner
 (``_runners/airflow.py``), which re-probes a node through these functions before acting.
 
+Which daemons exist, their units and roles: the daemon table ``_utils/airflow_daemons.py``
+(``__utils__``). Paths, port, haproxy names, the stale-heartbeat threshold, the start grace
+and the worker ping timeout: the node settings file SETTINGS_FILE, written by the airflow
+states from ``defaults.yaml`` + pillar (no secrets). Probes that need it report
+``{'status': 'error', 'detail': 'node settings ... missing (apply the airflow states)'}``
+when it is missing: there is no second copy of those defaults here.
+
 Secrets (database / broker URLs) are read from ``airflow.cfg`` (root-readable) and handed to
 the probe subprocess over STDIN, never in argv (argv is visible in ``ps``).
 """
@@ -21,37 +28,23 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "airflow_health"
 
-AIRFLOW_HOME = "/opt/airflow"
-AIRFLOW_CFG = "/opt/airflow/airflow.cfg"
-VENV_PYTHON = "/opt/airflow/venv/bin/python"
-HAPROXY_SOCKET = "/run/haproxy/admin.sock"
-HAPROXY_BACKEND = "airflow_api"
-
-#: daemons (beacon/runner names) -> systemd units
-UNITS = {
-    "api-server": "airflow-api-server",
-    "scheduler": "airflow-scheduler",
-    "dag-processor": "airflow-dag-processor",
-    "triggerer": "airflow-triggerer",
-    "worker": "airflow-worker",
-    "flower": "airflow-flower",
-    "postgresql": "postgresql",
-    "rabbitmq": "rabbitmq-server",
-    "haproxy": "haproxy",
+#: The node settings file (the contract with the airflow states, see the module docstring).
+SETTINGS_FILE = "/etc/salt/airflow_health.json"
+#: Its keys and their types.
+SETTINGS_KEYS = {
+    "home": str,
+    "venv": str,
+    "airflow_cfg": str,
+    "api_server_port": int,
+    "haproxy_socket": str,
+    "haproxy_backend": str,
+    "heartbeat_stale": float,
+    "start_grace": float,
+    "worker_ping_timeout": float,
 }
 
-#: role grain -> daemons of that role
-ROLE_DAEMONS = {
-    "airflow-master": ["api-server", "scheduler", "dag-processor", "triggerer"],
-    "airflow-worker": ["worker"],
-    "airflow-flower": ["flower"],
-    "airflow-db": ["postgresql"],
-    "airflow-broker": ["rabbitmq"],
-    "airflow-lb": ["haproxy"],
-}
-
-SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-UNIT_RE = re.compile(r"^[A-Za-z0-9@_.-]{1,128}$")
+UNIT_RE = re.compile(r"^[A-Za-z0-9@_.-]{1,128}$")  # a systemd unit name, not a minion id
+BACKEND_RE = re.compile(r"^[\w-]{1,64}$")  # an haproxy backend name
 HAPROXY_STATES = ("ready", "drain", "maint")
 
 _HEARTBEAT_SCRIPT = r"""
@@ -96,8 +89,61 @@ def __virtual__():
     return __virtualname__
 
 
+# ---------------------------------------------------------------- node settings
+class _NoSettings(Exception):
+    """The node settings file is missing or unusable (message: what to do)."""
+
+
+def _settings():
+    """The node settings (SETTINGS_FILE, read per call: it is tiny); raises _NoSettings."""
+    try:
+        with open(SETTINGS_FILE, encoding="utf-8") as fh:
+            raw = json.load(fh)
+    except FileNotFoundError:
+        raise _NoSettings(
+            f"node settings {SETTINGS_FILE} missing (apply the airflow states)") from None
+    except (OSError, ValueError) as exc:
+        raise _NoSettings(f"node settings {SETTINGS_FILE} unreadable: {exc}") from None
+    if not isinstance(raw, dict):
+        raise _NoSettings(f"node settings {SETTINGS_FILE}: not a JSON object")
+    out = {}
+    for key, kind in SETTINGS_KEYS.items():
+        value = raw.get(key)
+        try:
+            if value is None or isinstance(value, bool) or (kind is str and not value):
+                raise ValueError
+            out[key] = kind(value) if kind is not str else str(value)
+        except (TypeError, ValueError):
+            raise _NoSettings(
+                f"node settings {SETTINGS_FILE}: {key} missing or not a {kind.__name__}"
+            ) from None
+    if not BACKEND_RE.match(out["haproxy_backend"]):
+        raise _NoSettings(f"node settings {SETTINGS_FILE}: invalid haproxy_backend")
+    return out
+
+
+def _error(exc):
+    return {"status": "error", "detail": str(exc)}
+
+
+def settings():
+    """
+    The node settings the probes use (SETTINGS_FILE, written by the airflow states).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' airflow_health.settings
+    """
+    try:
+        return _settings()
+    except _NoSettings as exc:
+        return _error(exc)
+
+
 # ---------------------------------------------------------------- pure helpers
-def parse_systemctl_show(text):
+def _parse_systemctl_show(text):
     """Parse ``systemctl show -p A,B`` output (``Key=Value`` lines) into a dict."""
     out = {}
     for line in (text or "").splitlines():
@@ -107,7 +153,7 @@ def parse_systemctl_show(text):
     return out
 
 
-def classify_service(props):
+def _classify_service(props):
     """
     Map systemd properties to a health status:
     ``ok`` (active/running), ``restarting`` (systemd is handling it: activating/auto-restart,
@@ -124,7 +170,21 @@ def classify_service(props):
     return "dead"
 
 
-def parse_haproxy_stat(text, backend=HAPROXY_BACKEND):
+def _unit_uptime(props, now_monotonic=None):
+    """Seconds since the unit became active (systemd's monotonic clock), None if unknown."""
+    import time  # pylint: disable=import-outside-toplevel
+
+    try:
+        entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
+    except ValueError:
+        return None
+    if entered <= 0 or props.get("ActiveState") != "active":
+        return None
+    now = time.monotonic() if now_monotonic is None else now_monotonic
+    return round(max(0.0, now - entered / 1e6), 1)
+
+
+def _parse_haproxy_stat(text, backend):
     """Parse ``show stat`` CSV; return the server rows of ``backend`` (FRONTEND/BACKEND excluded)."""
     text = (text or "").lstrip()
     if text.startswith("# "):
@@ -149,16 +209,23 @@ def parse_haproxy_stat(text, backend=HAPROXY_BACKEND):
     return rows
 
 
-def validate_haproxy_args(server, state):
-    """Raise ValueError unless ``server`` is a plain name and ``state`` is allowed."""
-    if not isinstance(server, str) or not SERVER_NAME_RE.match(server):
+def _check_server_state(server, state):
+    """ValueError unless ``server`` is a minion id and ``state`` an allowed runtime state."""
+    if not __utils__["airflow_daemons.valid_minion_id"](server):
         raise ValueError(f"invalid server name: {server!r}")
     if state not in HAPROXY_STATES:
         raise ValueError(f"invalid state {state!r}, allowed: {', '.join(HAPROXY_STATES)}")
-    return f"set server {HAPROXY_BACKEND}/{server} state {state}\n"
 
 
-def summarize_heartbeats(rows, stale_seconds):
+def _haproxy_command(server, state, backend):
+    """The admin socket command (ValueError for anything but plain names and states)."""
+    _check_server_state(server, state)
+    if not isinstance(backend, str) or not BACKEND_RE.match(backend):
+        raise ValueError(f"invalid backend name: {backend!r}")
+    return f"set server {backend}/{server} state {state}\n"
+
+
+def _summarize_heartbeats(rows, stale_seconds):
     """Reduce heartbeat rows to ``{'status': ok|stale|none, 'fresh': [...], 'newest': row}``."""
     rows = sorted(rows or [], key=lambda r: r["age"])
     fresh = [r["hostname"] for r in rows if r["age"] <= stale_seconds]
@@ -172,50 +239,66 @@ def summarize_heartbeats(rows, stale_seconds):
     }
 
 
-def read_airflow_cfg(path=AIRFLOW_CFG):
-    """Return a ConfigParser of airflow.cfg ('%%' -> '%' like Airflow's own parser)."""
-    parser = configparser.ConfigParser()
-    with open(path, encoding="utf-8") as fh:
-        parser.read_file(fh)
-    return parser
-
-
-def _cfg_value(section, key, path=AIRFLOW_CFG):
+def _cfg_value(section, key, path):
+    """A value of airflow.cfg (``path``), the AIRFLOW__SECTION__KEY environment first."""
     env = os.environ.get(f"AIRFLOW__{section.upper()}__{key.upper()}")
     if env:
         return env
-    parser = read_airflow_cfg(path)
+    parser = configparser.ConfigParser()  # '%%' -> '%' like Airflow's own parser
+    with open(path, encoding="utf-8") as fh:
+        parser.read_file(fh)
     if parser.has_option(section, key):
         return parser.get(section, key)
     raise KeyError(f"[{section}] {key} not set in {path}")
 
 
-def _run_probe(script, stdin, args=(), timeout=20):
+def _run_probe(conf, script, stdin, args=(), timeout=20):
     """Run a probe script with the Airflow venv's python; secrets only on stdin."""
-    if not os.path.exists(VENV_PYTHON):
-        return {"retcode": 127, "stdout": "", "stderr": f"{VENV_PYTHON} missing"}
+    python = os.path.join(conf["venv"], "bin", "python")
+    if not os.path.exists(python):
+        return {"retcode": 127, "stdout": "", "stderr": f"{python} missing"}
     return __salt__["cmd.run_all"](
-        [VENV_PYTHON, "-c", script, *args],
+        [python, "-c", script, *args],
         stdin=stdin,
         python_shell=False,
         timeout=timeout,
         output_loglevel="quiet",
         ignore_retcode=True,
-        env={"HOME": AIRFLOW_HOME},
+        env={"HOME": conf["home"]},
     )
+
+
+def _last_json_line(res):
+    try:
+        return json.loads(res["stdout"].strip().splitlines()[-1])
+    except (ValueError, IndexError, KeyError, AttributeError):
+        raise ValueError("unparsable probe output") from None
+
+
+def _probe_failure(res):
+    err = (res.get("stderr") or "").strip().splitlines()
+    return err[-1][:300] if err else "probe failed"
 
 
 def _hostname():
     return socket.gethostname()
 
 
+def _unit(name):
+    """The unit of a daemon name (``worker`` -> ``airflow-worker``); other names as given."""
+    row = __utils__["airflow_daemons.get"](name)
+    return row["unit"] if row else name
+
+
 # ---------------------------------------------------------------- public API
-def service(name):
+def service(name, start_grace=None):
     """
     systemd state of a unit (or of a daemon name such as ``worker``).
 
     Returns ``{'unit', 'status' (ok|restarting|dead|absent), 'active_state', 'sub_state',
-    'n_restarts'}``.
+    'n_restarts', 'uptime', 'starting'}``. ``starting`` is True while the unit has been active
+    for less than ``start_grace`` seconds (default: the node setting ``start_grace``; None
+    without node settings): a daemon that does not answer yet then is starting, not hung.
 
     CLI Example:
 
@@ -224,8 +307,8 @@ def service(name):
         salt worker1 airflow_health.service airflow-worker
         salt master1 airflow_health.service scheduler
     """
-    unit = UNITS.get(name, name)
-    if not UNIT_RE.match(unit or ""):
+    unit = _unit(name)
+    if not isinstance(unit, str) or not UNIT_RE.match(unit):
         return {"unit": unit, "status": "error", "detail": "invalid unit name"}
     res = __salt__["cmd.run_all"](
         ["systemctl", "show", "-p",
@@ -234,43 +317,37 @@ def service(name):
         ignore_retcode=True,
         output_loglevel="quiet",
     )
-    props = parse_systemctl_show(res.get("stdout"))
+    props = _parse_systemctl_show(res.get("stdout"))
     if res.get("retcode") and not props:
         return {"unit": unit, "status": "error", "detail": res.get("stderr", "")[:300]}
     try:
         restarts = int(props.get("NRestarts") or 0)
     except ValueError:
         restarts = 0
+    if start_grace is None:
+        try:
+            start_grace = _settings()["start_grace"]
+        except _NoSettings:
+            start_grace = None
+    uptime = _unit_uptime(props)
     return {
         "unit": unit,
-        "status": classify_service(props),
+        "status": _classify_service(props),
         "active_state": props.get("ActiveState"),
         "sub_state": props.get("SubState"),
         "n_restarts": restarts,
-        "uptime": unit_uptime(props),
+        "uptime": uptime,
+        "starting": (None if start_grace is None
+                     else uptime is not None and uptime < float(start_grace)),
     }
 
 
-def unit_uptime(props, now_monotonic=None):
-    """Seconds since the unit became active (systemd's monotonic clock), None if unknown."""
-    import time  # pylint: disable=import-outside-toplevel
-
-    try:
-        entered = int(props.get("ActiveEnterTimestampMonotonic") or 0)
-    except ValueError:
-        return None
-    if entered <= 0 or props.get("ActiveState") != "active":
-        return None
-    now = time.monotonic() if now_monotonic is None else now_monotonic
-    return round(max(0.0, now - entered / 1e6), 1)
-
-
-def api_server(url="http://127.0.0.1:8080/api/v2/monitor/health", timeout=3):
+def api_server(url=None, timeout=3):
     """
-    Probe the api-server health endpoint.
+    Probe the api-server health endpoint (default: this node's, port from the node settings).
 
     Returns ``{'status': ok|down, 'http_status', 'detail'}``; ``ok`` needs HTTP 200 and a
-    healthy metadatabase in the JSON body.
+    healthy metadatabase in the JSON body (``error`` without node settings).
 
     CLI Example:
 
@@ -281,6 +358,12 @@ def api_server(url="http://127.0.0.1:8080/api/v2/monitor/health", timeout=3):
     """
     import requests  # pylint: disable=import-outside-toplevel
 
+    if url is None:
+        try:
+            port = _settings()["api_server_port"]
+        except _NoSettings as exc:
+            return _error(exc)
+        url = f"http://127.0.0.1:{port}/api/v2/monitor/health"
     try:
         resp = requests.get(url, timeout=float(timeout))
     except requests.RequestException as exc:
@@ -298,12 +381,14 @@ def api_server(url="http://127.0.0.1:8080/api/v2/monitor/health", timeout=3):
     return {"status": "ok" if ok else "down", "http_status": resp.status_code, "detail": detail}
 
 
-def scheduler_heartbeat(stale_seconds=15, timeout=15):
+def scheduler_heartbeat(stale_seconds=None, timeout=15):
     """
     Heartbeats of running SchedulerJobs in the metastore (cluster-wide, not only this node).
+    A heartbeat older than ``stale_seconds`` (default: the node setting ``heartbeat_stale``)
+    is stale.
 
     Returns ``{'status': ok|stale|none|error, 'fresh': [hostnames], 'newest': {hostname, age},
-    'schedulers': [...]}``.
+    'schedulers': [...], 'stale_seconds'}``.
 
     CLI Example:
 
@@ -313,23 +398,27 @@ def scheduler_heartbeat(stale_seconds=15, timeout=15):
         salt master2 airflow_health.scheduler_heartbeat stale_seconds=30
     """
     try:
-        url = _cfg_value("database", "sql_alchemy_conn")
+        conf = _settings()
+        url = _cfg_value("database", "sql_alchemy_conn", conf["airflow_cfg"])
+    except _NoSettings as exc:
+        return _error(exc)
     except (OSError, KeyError, configparser.Error) as exc:
         return {"status": "error", "detail": str(exc)}
-    res = _run_probe(_HEARTBEAT_SCRIPT, url, timeout=timeout)
+    stale = conf["heartbeat_stale"] if stale_seconds is None else float(stale_seconds)
+    res = _run_probe(conf, _HEARTBEAT_SCRIPT, url, timeout=timeout)
     if res.get("retcode"):
-        err = (res.get("stderr") or "").strip().splitlines()
-        return {"status": "error", "detail": err[-1][:300] if err else "probe failed"}
+        return {"status": "error", "detail": _probe_failure(res)}
     try:
-        rows = json.loads(res["stdout"].strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"status": "error", "detail": "unparsable probe output"}
-    return summarize_heartbeats(rows, float(stale_seconds))
+        rows = _last_json_line(res)
+    except ValueError as exc:
+        return {"status": "error", "detail": str(exc)}
+    return _summarize_heartbeats(rows, stale)
 
 
-def worker_ping(timeout=5, hostname=None):
+def worker_ping(timeout=None, hostname=None):
     """
-    Celery ping of THIS node's worker (``celery@<hostname>``) through the broker.
+    Celery ping of THIS node's worker (``celery@<hostname>``) through the broker, waiting
+    ``timeout`` seconds (default: the node setting ``worker_ping_timeout``).
 
     Returns ``{'status': ok|hung, 'destination', 'detail'}`` (``error`` if it cannot probe).
 
@@ -341,30 +430,30 @@ def worker_ping(timeout=5, hostname=None):
         salt worker1 airflow_health.worker_ping timeout=2
     """
     host = hostname or _hostname()
-    if not SERVER_NAME_RE.match(host):
+    # hostnames share the minion-id charset: nothing a shell or Celery could interpret
+    if not __utils__["airflow_daemons.valid_minion_id"](host):
         return {"status": "error", "detail": "invalid hostname"}
     dest = f"celery@{host}"
     try:
-        url = _cfg_value("celery", "broker_url")
+        conf = _settings()
+        url = _cfg_value("celery", "broker_url", conf["airflow_cfg"])
+    except _NoSettings as exc:
+        return dict(_error(exc), destination=dest)
     except (OSError, KeyError, configparser.Error) as exc:
         return {"status": "error", "destination": dest, "detail": str(exc)}
-    res = _run_probe(_PING_SCRIPT, url, args=(dest, str(float(timeout))), timeout=float(timeout) + 20)
+    wait = conf["worker_ping_timeout"] if timeout is None else float(timeout)
+    res = _run_probe(conf, _PING_SCRIPT, url, args=(dest, str(wait)), timeout=wait + 20)
     if res.get("retcode"):
-        err = (res.get("stderr") or "").strip().splitlines()
-        return {
-            "status": "error",
-            "destination": dest,
-            "detail": err[-1][:300] if err else "probe failed",
-        }
+        return {"status": "error", "destination": dest, "detail": _probe_failure(res)}
     try:
-        replies = json.loads(res["stdout"].strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"status": "error", "destination": dest, "detail": "unparsable probe output"}
-    answered = any(dest in r for r in replies or [])
+        replies = _last_json_line(res)
+    except ValueError as exc:
+        return {"status": "error", "destination": dest, "detail": str(exc)}
+    answered = any(dest in r for r in replies or [] if isinstance(r, dict))
     return {"status": "ok" if answered else "hung", "destination": dest, "detail": replies}
 
 
-def _haproxy_cmd(command, sock_path=HAPROXY_SOCKET, timeout=3):
+def _haproxy_cmd(command, sock_path, timeout=3):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(sock_path)
@@ -378,11 +467,13 @@ def _haproxy_cmd(command, sock_path=HAPROXY_SOCKET, timeout=3):
     return b"".join(chunks).decode(errors="replace")
 
 
-def haproxy_backends(backend=HAPROXY_BACKEND, sock_path=HAPROXY_SOCKET):
+def haproxy_backends(backend=None, sock_path=None):
     """
-    Servers of an haproxy backend from the admin socket (``show stat``).
+    Servers of an haproxy backend from the admin socket (``show stat``); backend and socket
+    default to the node settings ``haproxy_backend`` and ``haproxy_socket``.
 
-    Returns a list of ``{'name', 'status' (UP/DOWN/DRAIN/MAINT...), 'scur', 'check_status', ...}``.
+    Returns a list of ``{'name', 'status' (UP/DOWN/DRAIN/MAINT...), 'scur', 'check_status', ...}``
+    (an ``error`` dict without node settings).
 
     CLI Example:
 
@@ -390,12 +481,20 @@ def haproxy_backends(backend=HAPROXY_BACKEND, sock_path=HAPROXY_SOCKET):
 
         salt infra airflow_health.haproxy_backends
     """
-    return parse_haproxy_stat(_haproxy_cmd("show stat\n", sock_path), backend)
+    if backend is None or sock_path is None:
+        try:
+            conf = _settings()
+        except _NoSettings as exc:
+            return _error(exc)
+        backend = conf["haproxy_backend"] if backend is None else backend
+        sock_path = conf["haproxy_socket"] if sock_path is None else sock_path
+    return _parse_haproxy_stat(_haproxy_cmd("show stat\n", sock_path), backend)
 
 
-def haproxy_set_server(server, state, sock_path=HAPROXY_SOCKET):
+def haproxy_set_server(server, state, sock_path=None, backend=None):
     """
-    Set the runtime state (ready|drain|maint) of ``airflow_api/<server>`` (no reload).
+    Set the runtime state (ready|drain|maint) of ``<backend>/<server>`` (no reload); backend
+    and socket default to the node settings.
 
     CLI Example:
 
@@ -403,7 +502,15 @@ def haproxy_set_server(server, state, sock_path=HAPROXY_SOCKET):
 
         salt infra airflow_health.haproxy_set_server master2 drain
     """
-    command = validate_haproxy_args(server, state)
+    _check_server_state(server, state)  # refuse junk before anything else
+    if backend is None or sock_path is None:
+        try:
+            conf = _settings()
+        except _NoSettings as exc:
+            return dict(_error(exc), server=server, state=state, result=False)
+        backend = conf["haproxy_backend"] if backend is None else backend
+        sock_path = conf["haproxy_socket"] if sock_path is None else sock_path
+    command = _haproxy_command(server, state, backend)
     out = _haproxy_cmd(command, sock_path).strip()
     return {"server": server, "state": state, "result": not out, "detail": out}
 
@@ -442,23 +549,10 @@ def roles():
     return [value] if isinstance(value, str) else list(value)
 
 
-def daemons_for_roles(role_list):
-    """Daemon names (see UNITS) of a list of roles, in a stable order."""
-    out = []
-    for role in role_list or []:
-        for daemon in ROLE_DAEMONS.get(role, []):
-            if daemon not in out:
-                out.append(daemon)
-    return out
-
-
-def check(worker_ping_timeout=5, heartbeat_stale=15):
+def check(worker_ping_timeout=None, heartbeat_stale=None):
     """
-    Health of every Airflow daemon of this node's roles, one dict ``{daemon: {status, ...}}``.
-
-    ``scheduler`` on a master reports the CLUSTER's scheduler heartbeat (``ok`` if any running
-    SchedulerJob heartbeated within ``heartbeat_stale`` s, ``dead`` if none, ``unknown`` if the
-    metastore cannot be read) plus this node's unit state.
+    Health of every Airflow daemon of this node's roles, one dict ``{daemon: {status, ...}}``
+    (see ``probe``; the defaults come from the node settings).
 
     CLI Example:
 
@@ -467,14 +561,21 @@ def check(worker_ping_timeout=5, heartbeat_stale=15):
         salt '*' airflow_health.check
     """
     result = {}
-    for daemon in daemons_for_roles(roles()):
+    for daemon in __utils__["airflow_daemons.daemons_for_roles"](roles()):
         result[daemon] = probe(daemon, worker_ping_timeout, heartbeat_stale)
     return result
 
 
-def probe(daemon, worker_ping_timeout=5, heartbeat_stale=15, start_grace=20):
+def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=None):
     """
     Health of ONE daemon on this node: ``{'status': ok|dead|hung|restarting|unknown, ...}``.
+
+    By the daemon's probe kind (daemon table): ``heartbeat`` (scheduler) reports the CLUSTER's
+    scheduler heartbeat (``ok`` if any running SchedulerJob heartbeated within
+    ``heartbeat_stale`` s, ``dead`` if none, ``unknown`` if the metastore cannot be read);
+    ``ping`` (worker): a running unit that does not answer a Celery ping is ``hung``, or
+    ``restarting`` while it is ``starting``; ``api`` (api-server): the health endpoint;
+    ``unit``: the systemd state. Defaults come from the node settings.
 
     CLI Example:
 
@@ -482,34 +583,36 @@ def probe(daemon, worker_ping_timeout=5, heartbeat_stale=15, start_grace=20):
 
         salt worker1 airflow_health.probe worker
     """
-    if daemon not in UNITS:
+    row = __utils__["airflow_daemons.get"](daemon) if isinstance(daemon, str) else None
+    if row is None:
         return {"status": "unknown", "detail": "unknown daemon"}
-    svc = service(daemon)
+    svc = service(daemon, start_grace)
     entry = {"status": svc["status"], "unit": svc}
-    if daemon == "scheduler":
+    if row["probe"] == "heartbeat":
         hb = scheduler_heartbeat(heartbeat_stale)
         entry["heartbeat"] = hb
         entry["status"] = {"ok": "ok", "stale": "dead", "none": "dead"}.get(hb["status"], "unknown")
         return entry
     if svc["status"] != "ok":
         return entry
-    if daemon == "worker":
+    if row["probe"] == "ping":
         ping = worker_ping(worker_ping_timeout)
         entry["ping"] = ping
         entry["status"] = {"ok": "ok", "hung": "hung"}.get(ping["status"], "unknown")
-        if entry["status"] == "hung" and (svc.get("uptime") or 0) < float(start_grace):
+        if entry["status"] == "hung" and svc.get("starting"):
             entry["status"] = "restarting"  # a (re)starting worker does not answer yet
-    elif daemon == "api-server":
+    elif row["probe"] == "api":
         api = api_server()
         entry["api"] = api
-        entry["status"] = "ok" if api["status"] == "ok" else "dead"
+        entry["status"] = {"ok": "ok", "down": "dead"}.get(api["status"], "unknown")
     return entry
 
 
 def kill_unit(name):
     """
-    SIGKILL every process of an Airflow unit's cgroup (a hung, e.g. SIGSTOPped, worker does
-    not react to SIGTERM). Only ``airflow-*`` units; systemd / ``service.restart`` brings it back.
+    SIGKILL every process of an Airflow unit (``systemctl kill --kill-who=all``): a hung, e.g.
+    SIGSTOPped, worker does not react to SIGTERM. Only the ``airflow-*`` units of the daemon
+    table; systemd / ``service.restart`` brings it back.
 
     CLI Example:
 
@@ -517,37 +620,14 @@ def kill_unit(name):
 
         salt worker1 airflow_health.kill_unit worker
     """
-    import signal  # pylint: disable=import-outside-toplevel
-
-    unit = UNITS.get(name, name)
-    if unit not in UNITS.values() or not unit.startswith("airflow-"):
+    rows = __utils__["airflow_daemons.table"]()
+    unit = _unit(name)
+    if unit not in {r["unit"] for r in rows} or not unit.startswith("airflow-"):
         return {"result": False, "detail": "only airflow units"}
     res = __salt__["cmd.run_all"](
-        ["systemctl", "show", "-p", "ControlGroup,MainPID", unit],
+        ["systemctl", "kill", "--signal=SIGKILL", "--kill-who=all", unit],
         python_shell=False, ignore_retcode=True, output_loglevel="quiet",
     )
-    props = parse_systemctl_show(res.get("stdout"))
-    pids = set()
-    cgroup = props.get("ControlGroup")
-    if cgroup:
-        for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"):
-            path = f"{base}{cgroup}/cgroup.procs"
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    pids.update(int(p) for p in fh.read().split() if p.strip())
-                break
-            except OSError:
-                continue
-    main = int(props.get("MainPID") or 0)
-    if main > 1:
-        pids.add(main)
-    killed = []
-    for pid in sorted(pids):
-        if pid <= 1 or pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-        except OSError:
-            pass
-    return {"result": True, "unit": unit, "killed": killed}
+    ok = not res.get("retcode")
+    return {"result": ok, "unit": unit,
+            "detail": "" if ok else (res.get("stderr") or "")[:300]}

@@ -1,5 +1,6 @@
 """Unit tests of the pure logic of _modules/airflow_health.py (only subprocess/socket mocked)."""
 import importlib.util
+import json
 import logging
 import pathlib
 from unittest import mock
@@ -19,6 +20,35 @@ def _load(name, rel):
 
 
 ah = _load("airflow_health_mod", "_modules/airflow_health.py")
+table = _load("airflow_health_table", "_utils/airflow_daemons.py")
+# what Salt's loader packs: the daemon table's functions as __utils__
+ah.__utils__ = {f"airflow_daemons.{n}": f for n, f in vars(table).items()
+                if callable(f) and not n.startswith("_")}
+
+NODE = {"home": "/opt/airflow", "venv": "/opt/airflow/venv", "airflow_cfg": "/opt/airflow/airflow.cfg",
+        "api_server_port": 8081, "haproxy_socket": "/run/haproxy/admin.sock",
+        "haproxy_backend": "airflow_api", "heartbeat_stale": 15, "start_grace": 20,
+        "worker_ping_timeout": 2}
+
+
+@pytest.fixture
+def node(tmp_path, monkeypatch):
+    """A node settings file (what the airflow states write); returns a writer for variants."""
+    path = tmp_path / "airflow_health.json"
+    monkeypatch.setattr(ah, "SETTINGS_FILE", str(path))
+
+    def write(**changes):
+        data = dict(NODE, **changes)
+        path.write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+        return data
+
+    write()
+    return write
+
+
+@pytest.fixture
+def no_node(tmp_path, monkeypatch):
+    monkeypatch.setattr(ah, "SETTINGS_FILE", str(tmp_path / "missing.json"))
 
 STAT = (
     "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,"
@@ -41,7 +71,7 @@ def _row(px, sv, scur, status, addr=""):
 
 
 def test_parse_systemctl_show():
-    props = ah.parse_systemctl_show("ActiveState=active\nSubState=running\nNRestarts=2\n")
+    props = ah._parse_systemctl_show("ActiveState=active\nSubState=running\nNRestarts=2\n")
     assert props == {"ActiveState": "active", "SubState": "running", "NRestarts": "2"}
 
 
@@ -57,24 +87,52 @@ def test_parse_systemctl_show():
     ],
 )
 def test_classify_service(props, expected):
-    assert ah.classify_service(props) == expected
+    assert ah._classify_service(props) == expected
 
 
-def test_service_uses_fixed_argv_and_classifies():
-    run = mock.Mock(return_value={"retcode": 0, "stdout": "LoadState=loaded\nActiveState=active\n"
-                                  "SubState=running\nNRestarts=3\n", "stderr": ""})
+def _run(stdout="", retcode=0, stderr=""):
+    return mock.Mock(return_value={"retcode": retcode, "stdout": stdout, "stderr": stderr})
+
+
+SHOW_RUNNING = ("LoadState=loaded\nActiveState=active\nSubState=running\nNRestarts=3\n"
+                "ActiveEnterTimestampMonotonic=1000000\n")
+
+
+def test_service_uses_fixed_argv_and_classifies(node, monkeypatch):
+    run = _run(SHOW_RUNNING)
     ah.__salt__ = {"cmd.run_all": run}
+    monkeypatch.setattr(ah, "_unit_uptime", lambda props: 300.0)
     res = ah.service("worker")
     assert res["status"] == "ok" and res["n_restarts"] == 3 and res["unit"] == "airflow-worker"
+    assert res["starting"] is False
     argv = run.call_args[0][0]
     assert argv[:2] == ["systemctl", "show"] and argv[-1] == "airflow-worker"
     assert run.call_args[1]["python_shell"] is False
 
 
-def test_service_rejects_bad_unit():
+def test_service_start_grace_from_node_settings(node, no_node, monkeypatch):
+    ah.__salt__ = {"cmd.run_all": _run(SHOW_RUNNING)}
+    monkeypatch.setattr(ah, "_unit_uptime", lambda props: 5.0)
+    assert ah.service("scheduler")["starting"] is None        # no node settings: unknown
+    assert ah.service("scheduler", start_grace=3)["starting"] is False
+
+
+def test_service_starting_within_grace(node, monkeypatch):
+    node(start_grace=30)
+    ah.__salt__ = {"cmd.run_all": _run(SHOW_RUNNING)}
+    monkeypatch.setattr(ah, "_unit_uptime", lambda props: 29.0)
+    assert ah.service("airflow-scheduler")["starting"] is True
+    monkeypatch.setattr(ah, "_unit_uptime", lambda props: None)  # not active
+    assert ah.service("airflow-scheduler")["starting"] is False
+
+
+def test_service_rejects_bad_unit_and_reports_errors():
     ah.__salt__ = {"cmd.run_all": mock.Mock()}
     assert ah.service("x; rm -rf /")["status"] == "error"
     ah.__salt__["cmd.run_all"].assert_not_called()
+    ah.__salt__ = {"cmd.run_all": _run("", 1, "Failed to connect to bus")}
+    assert ah.service("worker") == {"unit": "airflow-worker", "status": "error",
+                                    "detail": "Failed to connect to bus"}
 
 
 def test_parse_haproxy_stat_filters_backend_rows():
@@ -82,57 +140,86 @@ def test_parse_haproxy_stat_filters_backend_rows():
         "airflow_api", "master1", 2, "UP", "10.77.0.11:8080") + _row(
         "airflow_api", "master2", 0, "DOWN") + _row("airflow_api", "BACKEND", 2, "UP") + _row(
         "stats", "FRONTEND", 0, "OPEN")
-    rows = ah.parse_haproxy_stat(text)
+    rows = ah._parse_haproxy_stat(text, "airflow_api")
     assert [(r["name"], r["status"], r["scur"]) for r in rows] == [
         ("master1", "UP", 2), ("master2", "DOWN", 0)]
 
 
 @pytest.mark.parametrize("server", ["master1", "m-2.example", "w_3"])
 @pytest.mark.parametrize("state", ["ready", "drain", "maint"])
-def test_validate_haproxy_args_ok(server, state):
-    assert ah.validate_haproxy_args(server, state) == f"set server airflow_api/{server} state {state}\n"
+def test_haproxy_command_ok(server, state):
+    assert ah._haproxy_command(server, state, "airflow_api") == \
+        f"set server airflow_api/{server} state {state}\n"
 
 
-@pytest.mark.parametrize("server,state", [
-    ("master1\nshutdown sessions", "ready"), ("a/b", "ready"), ("", "ready"), ("x" * 65, "ready"),
-    ("master1", "up"), ("master1", "maint\nclear table"), (None, "ready"),
+@pytest.mark.parametrize("server,state,backend", [
+    ("master1\nshutdown sessions", "ready", "airflow_api"), ("a/b", "ready", "airflow_api"),
+    ("", "ready", "airflow_api"), ("x" * 129, "ready", "airflow_api"),
+    ("master1", "up", "airflow_api"), ("master1", "maint\nclear table", "airflow_api"),
+    (None, "ready", "airflow_api"), ("master1", "ready", "api/x"), ("master1", "ready", None),
 ])
-def test_validate_haproxy_args_rejects(server, state):
+def test_haproxy_command_rejects(server, state, backend):
     with pytest.raises(ValueError):
-        ah.validate_haproxy_args(server, state)
+        ah._haproxy_command(server, state, backend)
 
 
-def test_haproxy_set_server_sends_exactly_one_command():
+def test_haproxy_set_server_sends_exactly_one_command(node):
+    node(haproxy_backend="api_pool", haproxy_socket="/run/hx.sock")
     with mock.patch.object(ah, "_haproxy_cmd", return_value="\n") as cmd:
         res = ah.haproxy_set_server("master2", "drain")
-    cmd.assert_called_once_with("set server airflow_api/master2 state drain\n", ah.HAPROXY_SOCKET)
+    cmd.assert_called_once_with("set server api_pool/master2 state drain\n", "/run/hx.sock")
     assert res["result"] is True
     with pytest.raises(ValueError):
         ah.haproxy_set_server("master2;", "drain")
 
 
+def test_haproxy_backends_reads_the_configured_backend(node):
+    node(haproxy_backend="api_pool")
+    text = STAT + _row("api_pool", "master1", 1, "UP") + _row("airflow_api", "master9", 0, "UP")
+    with mock.patch.object(ah, "_haproxy_cmd", return_value=text) as cmd:
+        rows = ah.haproxy_backends()
+    assert [r["name"] for r in rows] == ["master1"]
+    assert cmd.call_args[0] == ("show stat\n", NODE["haproxy_socket"])
+
+
 def test_summarize_heartbeats():
-    res = ah.summarize_heartbeats([{"hostname": "master1", "age": 40.0},
-                                   {"hostname": "master2", "age": 2.0}], 15)
+    res = ah._summarize_heartbeats([{"hostname": "master1", "age": 40.0},
+                                    {"hostname": "master2", "age": 2.0}], 15)
     assert res["status"] == "ok" and res["fresh"] == ["master2"]
-    assert res["newest"]["hostname"] == "master2"
-    assert ah.summarize_heartbeats([{"hostname": "m", "age": 16}], 15)["status"] == "stale"
-    assert ah.summarize_heartbeats([], 15)["status"] == "none"
+    assert res["newest"]["hostname"] == "master2" and res["stale_seconds"] == 15
+    assert ah._summarize_heartbeats([{"hostname": "m", "age": 16}], 15)["status"] == "stale"
+    assert ah._summarize_heartbeats([], 15)["status"] == "none"
 
 
-def test_scheduler_heartbeat_passes_url_on_stdin(monkeypatch):
-    monkeypatch.setattr(ah, "VENV_PYTHON", "/bin/true")
-    monkeypatch.setattr(ah, "_cfg_value", lambda s, k: "postgresql://a:SECRET@db/airflow")
-    run = mock.Mock(return_value={"retcode": 0, "stdout": '[{"hostname": "master1", "age": 3}]',
-                                  "stderr": ""})
+def test_scheduler_heartbeat_passes_url_on_stdin(node, tmp_path, monkeypatch):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    node(venv=str(venv), heartbeat_stale=30)
+    monkeypatch.setattr(ah, "_cfg_value", lambda s, k, p: "postgresql://a:SECRET@db/airflow")
+    run = _run('[{"hostname": "master1", "age": 20}]')
     ah.__salt__ = {"cmd.run_all": run}
-    res = ah.scheduler_heartbeat(15)
-    assert res["status"] == "ok" and res["fresh"] == ["master1"]
+    res = ah.scheduler_heartbeat()
+    assert res["status"] == "ok" and res["fresh"] == ["master1"] and res["stale_seconds"] == 30
+    assert ah.scheduler_heartbeat(15)["status"] == "stale"
     argv, kwargs = run.call_args[0][0], run.call_args[1]
+    assert argv[0] == str(venv / "bin" / "python")
     assert not any("SECRET" in a for a in argv)
-    assert "SECRET" in kwargs["stdin"]
+    assert "SECRET" in kwargs["stdin"] and kwargs["env"] == {"HOME": NODE["home"]}
     run.return_value = {"retcode": 1, "stdout": "", "stderr": "OperationalError: refused"}
-    assert ah.scheduler_heartbeat(15)["status"] == "error"
+    assert ah.scheduler_heartbeat()["detail"] == "OperationalError: refused"
+    run.return_value = {"retcode": 0, "stdout": "garbage", "stderr": ""}
+    assert ah.scheduler_heartbeat()["detail"] == "unparsable probe output"
+
+
+def test_scheduler_heartbeat_config_errors(node, tmp_path):
+    node(airflow_cfg=str(tmp_path / "nope.cfg"))
+    assert ah.scheduler_heartbeat()["status"] == "error"
+    cfg = tmp_path / "airflow.cfg"
+    cfg.write_text("[database]\nsql_alchemy_conn = sqlite://\n")
+    node(airflow_cfg=str(cfg), venv=str(tmp_path / "novenv"))
+    res = ah.scheduler_heartbeat()
+    assert res["status"] == "error" and "missing" in res["detail"]
 
 
 def test_cfg_value_reads_file(tmp_path, monkeypatch):
@@ -142,60 +229,167 @@ def test_cfg_value_reads_file(tmp_path, monkeypatch):
     assert ah._cfg_value("celery", "broker_url", str(cfg)) == "amqp://u:p%x@h:5672/v"
     with pytest.raises(KeyError):
         ah._cfg_value("celery", "nope", str(cfg))
+    monkeypatch.setenv("AIRFLOW__CELERY__NOPE", "from-env")
+    assert ah._cfg_value("celery", "nope", str(cfg)) == "from-env"
 
 
-def test_worker_ping_detects_hung(monkeypatch):
-    monkeypatch.setattr(ah, "VENV_PYTHON", "/bin/true")
-    monkeypatch.setattr(ah, "_cfg_value", lambda s, k: "amqp://u:SECRET@h//")
+def test_worker_ping_detects_hung(node, monkeypatch):
+    monkeypatch.setattr(ah, "_cfg_value", lambda s, k, p: "amqp://u:SECRET@h//")
     monkeypatch.setattr(ah, "_hostname", lambda: "worker1")
-    run = mock.Mock(return_value={"retcode": 0, "stdout": "[]", "stderr": ""})
+    monkeypatch.setattr(ah.os.path, "exists", lambda p: True)
+    run = _run("[]")
     ah.__salt__ = {"cmd.run_all": run}
-    assert ah.worker_ping(2)["status"] == "hung"
-    assert "celery@worker1" in run.call_args[0][0]
-    assert not any("SECRET" in a for a in run.call_args[0][0])
+    assert ah.worker_ping()["status"] == "hung"
+    argv = run.call_args[0][0]
+    assert "celery@worker1" in argv and argv[-1] == "2.0"          # node worker_ping_timeout
+    assert not any("SECRET" in a for a in argv)
+    ah.worker_ping(5)
+    assert run.call_args[0][0][-1] == "5.0"
     run.return_value = {"retcode": 0, "stdout": '[{"celery@worker1": {"ok": "pong"}}]',
                         "stderr": ""}
     assert ah.worker_ping(2)["status"] == "ok"
     run.return_value = {"retcode": 1, "stdout": "", "stderr": "Traceback\nConnectionRefused"}
-    assert ah.worker_ping(2)["status"] == "error"
+    assert ah.worker_ping(2)["detail"] == "ConnectionRefused"
+    run.return_value = {"retcode": 0, "stdout": "", "stderr": ""}
+    assert ah.worker_ping(2)["detail"] == "unparsable probe output"
+    assert ah.worker_ping(2, hostname="a;b")["detail"] == "invalid hostname"
 
 
-def test_daemons_for_roles():
-    assert ah.daemons_for_roles(["airflow-master", "airflow-worker"]) == [
-        "api-server", "scheduler", "dag-processor", "triggerer", "worker"]
-    assert ah.daemons_for_roles(["airflow-db", "airflow-broker", "airflow-lb"]) == [
-        "postgresql", "rabbitmq", "haproxy"]
+def test_worker_ping_config_error(node, tmp_path, monkeypatch):
+    monkeypatch.setattr(ah, "_hostname", lambda: "worker1")
+    node(airflow_cfg=str(tmp_path / "missing.cfg"))
+    res = ah.worker_ping()
+    assert res["status"] == "error" and res["destination"] == "celery@worker1"
+
+
+def test_settings_file_is_the_contract():
+    assert ah.SETTINGS_FILE == "/etc/salt/airflow_health.json"
+    assert set(ah.SETTINGS_KEYS) == {"home", "venv", "airflow_cfg", "api_server_port",
+                                     "haproxy_socket", "haproxy_backend", "heartbeat_stale",
+                                     "start_grace", "worker_ping_timeout"}
+
+
+def test_probes_without_node_settings_say_so(no_node, monkeypatch):
+    MISSING = {"status": "error",  # noqa: N806
+               "detail": f"node settings {ah.SETTINGS_FILE} missing (apply the airflow states)"}
+    monkeypatch.setattr(ah, "_hostname", lambda: "worker1")
+    assert ah.settings() == MISSING
+    assert ah.scheduler_heartbeat() == MISSING
+    assert ah.api_server() == MISSING
+    assert ah.haproxy_backends() == MISSING
+    assert ah.worker_ping() == dict(MISSING, destination="celery@worker1")
+    res = ah.haproxy_set_server("master1", "ready")
+    assert res["result"] is False and res["detail"] == MISSING["detail"]
+
+
+@pytest.mark.parametrize("change,what", [
+    ({"api_server_port": "http"}, "api_server_port"), ({"home": ""}, "home"),
+    ({"heartbeat_stale": None}, "heartbeat_stale"), ({"start_grace": True}, "start_grace"),
+    ({"haproxy_backend": "a/b"}, "haproxy_backend")])
+def test_node_settings_validated(node, change, what):
+    node(**change)
+    res = ah.settings()
+    assert res["status"] == "error" and what in res["detail"]
+
+
+def test_node_settings_unreadable(node, tmp_path):
+    (tmp_path / "airflow_health.json").write_text("{not json")
+    assert "unreadable" in ah.settings()["detail"]
+    (tmp_path / "airflow_health.json").write_text("[1]")
+    assert "not a JSON object" in ah.settings()["detail"]
+
+
+def test_node_settings_ok(node):
+    assert ah.settings() == dict(NODE, heartbeat_stale=15.0, start_grace=20.0,
+                                 worker_ping_timeout=2.0)
+
+
+def test_api_server_uses_the_configured_port(node):
+    import requests
+
+    resp = mock.Mock(status_code=200)
+    resp.json.return_value = {"metadatabase": {"status": "healthy"}}
+    with mock.patch.object(requests, "get", return_value=resp) as get:
+        assert ah.api_server()["status"] == "ok"
+    assert get.call_args[0][0] == "http://127.0.0.1:8081/api/v2/monitor/health"
+    resp.json.return_value = {"metadatabase": {"status": "unhealthy"}}
+    with mock.patch.object(requests, "get", return_value=resp):
+        assert ah.api_server(url="http://x/")["status"] == "down"
+    resp.json.side_effect = ValueError
+    resp.text = "<html>"
+    with mock.patch.object(requests, "get", return_value=resp):
+        assert ah.api_server()["detail"] == "<html>"
+    with mock.patch.object(requests, "get", side_effect=requests.ConnectionError):
+        assert ah.api_server() == {"status": "down", "http_status": None,
+                                   "detail": "ConnectionError"}
+
+
+def test_daemons_and_check_follow_the_table(monkeypatch):
+    assert [r["name"] for r in ah.daemons()] == table.names()
+    assert [r["unit"] for r in ah.daemons(["airflow-worker"])] == ["airflow-worker"]
+    ah.__grains__ = {"roles": "airflow-master"}
+    assert ah.roles() == ["airflow-master"]
+    seen = []
+    monkeypatch.setattr(ah, "probe", lambda d, t, h: seen.append(d) or {"status": "ok"})
+    assert list(ah.check()) == ["api-server", "scheduler", "dag-processor", "triggerer"]
+    ah.__grains__ = {"roles": ["airflow-db", "airflow-broker", "airflow-lb"]}
+    assert list(ah.check()) == ["postgresql", "rabbitmq", "haproxy"]
 
 
 def test_probe_scheduler_maps_heartbeat(monkeypatch):
-    monkeypatch.setattr(ah, "service", lambda n: {"status": "dead"})
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "dead"})
     monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s: {"status": "stale"})
     assert ah.probe("scheduler")["status"] == "dead"
     monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s: {"status": "error"})
     assert ah.probe("scheduler")["status"] == "unknown"
     monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s: {"status": "ok"})
     assert ah.probe("scheduler")["status"] == "ok"
+    assert ah.probe("sshd") == {"status": "unknown", "detail": "unknown daemon"}
+    assert ah.probe(["worker"])["status"] == "unknown"
+
+
+def test_probe_api_server_and_plain_units(monkeypatch):
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok"})
+    for api, status in (("ok", "ok"), ("down", "dead"), ("error", "unknown")):
+        monkeypatch.setattr(ah, "api_server", lambda api=api: {"status": api})
+        assert ah.probe("api-server")["status"] == status
+    assert ah.probe("postgresql")["status"] == "ok"
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "dead"})
+    assert ah.probe("api-server")["status"] == "dead"
 
 
 def test_unit_uptime():
     props = {"ActiveState": "active", "ActiveEnterTimestampMonotonic": "100000000"}
-    assert ah.unit_uptime(props, now_monotonic=130.0) == 30.0
-    assert ah.unit_uptime({"ActiveState": "failed"}, 1.0) is None
+    assert ah._unit_uptime(props, now_monotonic=130.0) == 30.0
+    assert ah._unit_uptime({"ActiveState": "failed"}, 1.0) is None
+    assert ah._unit_uptime({"ActiveEnterTimestampMonotonic": "x"}, 1.0) is None
 
 
 def test_probe_worker_hung_when_unit_running_but_no_pong(monkeypatch):
-    monkeypatch.setattr(ah, "service", lambda n: {"status": "ok", "uptime": 5})
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok", "starting": True})
     monkeypatch.setattr(ah, "worker_ping", lambda t: {"status": "hung"})
-    assert ah.probe("worker")["status"] == "restarting"  # start grace
-    monkeypatch.setattr(ah, "service", lambda n: {"status": "ok", "uptime": 300})
-    monkeypatch.setattr(ah, "worker_ping", lambda t: {"status": "hung"})
+    assert ah.probe("worker")["status"] == "restarting"  # start grace (the node's)
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok", "starting": False})
     assert ah.probe("worker")["status"] == "hung"
-    monkeypatch.setattr(ah, "service", lambda n: {"status": "restarting"})
+    monkeypatch.setattr(ah, "worker_ping", lambda t: {"status": "error"})
+    assert ah.probe("worker")["status"] == "unknown"
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "restarting"})
     assert ah.probe("worker")["status"] == "restarting"
 
 
-def test_kill_unit_only_airflow_units():
+def test_kill_unit_only_airflow_units_of_the_table():
     ah.__salt__ = {"cmd.run_all": mock.Mock()}
-    assert ah.kill_unit("postgresql")["result"] is False
-    assert ah.kill_unit("sshd")["result"] is False
+    for name in ("postgresql", "rabbitmq", "sshd", "airflow-evil", "worker; reboot"):
+        assert ah.kill_unit(name)["result"] is False, name
     ah.__salt__["cmd.run_all"].assert_not_called()
+
+
+def test_kill_unit_lets_systemd_kill_the_whole_unit():
+    run = _run()
+    ah.__salt__ = {"cmd.run_all": run}
+    assert ah.kill_unit("worker") == {"result": True, "unit": "airflow-worker", "detail": ""}
+    assert run.call_args[0][0] == ["systemctl", "kill", "--signal=SIGKILL", "--kill-who=all",
+                                   "airflow-worker"]
+    assert run.call_args[1]["python_shell"] is False
+    run.return_value = {"retcode": 1, "stdout": "", "stderr": "Failed to kill unit"}
+    assert ah.kill_unit("airflow-worker")["result"] is False
