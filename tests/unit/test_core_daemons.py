@@ -1,0 +1,49 @@
+"""Unit tests of the daemon table and minion-id rule, _utils/airflow_daemons.py."""
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("core_daemons_test", ROOT / "_utils/airflow_daemons.py")
+T = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(T)
+
+
+def test_table_shape_and_copies():
+    rows = T.table()
+    assert [r["name"] for r in rows] == T.names()
+    assert all(set(r) == {"name", "unit", "role", "probe"} for r in rows)
+    assert {r["probe"] for r in rows} == {"unit", "api", "heartbeat", "ping"}
+    rows[0]["unit"] = "evil"
+    assert T.table()[0]["unit"] != "evil"            # callers get copies
+    assert T.__virtual__() == "airflow_daemons"
+
+
+def test_lookups():
+    assert T.get("worker") == {"name": "worker", "unit": "airflow-worker",
+                               "role": "airflow-worker", "probe": "ping"}
+    assert T.get("sshd") is None
+    assert T.unit_of("rabbitmq") == "rabbitmq-server" and T.role_of("haproxy") == "airflow-lb"
+    with pytest.raises(KeyError):
+        T.unit_of("sshd")
+    with pytest.raises(KeyError):
+        T.role_of("sshd")
+    assert T.roles()[0] == "airflow-master" and len(T.roles()) == len(set(T.roles()))
+    assert T.daemons_for_roles("airflow-worker") == ["worker"]
+    assert T.daemons_for_roles(["airflow-db", "airflow-lb"]) == ["postgresql", "haproxy"]
+    assert T.daemons_for_roles(None) == []
+
+
+@pytest.mark.parametrize("value,ok", [
+    ("master1", True), ("m-2.example_x", True), ("a" * 128, True), ("a" * 129, False),
+    ("", False), ("-x", False), (".x", False), ("a b", False), ("a;b", False), ("a/b", False),
+    ("a\nb", False), (None, False), (7, False)])
+def test_valid_minion_id(value, ok):
+    assert T.valid_minion_id(value) is ok
+
+
+def test_api_namespace():
+    api = T.api()
+    assert api.unit_of("worker") == "airflow-worker" and api.valid_minion_id("m1")
+    assert not hasattr(api, "__virtual__")
