@@ -211,7 +211,7 @@ def _parse_haproxy_stat(text, backend):
 
 def _check_server_state(server, state):
     """ValueError unless ``server`` is a minion id and ``state`` an allowed runtime state."""
-    if not __utils__["airflow_daemons.valid_minion_id"](server):
+    if not _table("valid_minion_id")(server):
         raise ValueError(f"invalid server name: {server!r}")
     if state not in HAPROXY_STATES:
         raise ValueError(f"invalid state {state!r}, allowed: {', '.join(HAPROXY_STATES)}")
@@ -284,9 +284,21 @@ def _hostname():
     return socket.gethostname()
 
 
+def _table(name):
+    """A function of the daemon table (_utils/airflow_daemons.py, synced by saltutil.sync_all)."""
+    try:
+        return __utils__[f"airflow_daemons.{name}"]
+    except KeyError:
+        from salt.exceptions import CommandExecutionError  # pylint: disable=import-outside-toplevel
+
+        raise CommandExecutionError(
+            "the daemon table airflow_daemons is not on this minion: run saltutil.sync_all"
+        ) from None
+
+
 def _unit(name):
     """The unit of a daemon name (``worker`` -> ``airflow-worker``); other names as given."""
-    row = __utils__["airflow_daemons.get"](name)
+    row = _table("get")(name)
     return row["unit"] if row else name
 
 
@@ -431,7 +443,7 @@ def worker_ping(timeout=None, hostname=None):
     """
     host = hostname or _hostname()
     # hostnames share the minion-id charset: nothing a shell or Celery could interpret
-    if not __utils__["airflow_daemons.valid_minion_id"](host):
+    if not _table("valid_minion_id")(host):
         return {"status": "error", "detail": "invalid hostname"}
     dest = f"celery@{host}"
     try:
@@ -528,10 +540,10 @@ def daemons(role_list=None):
         salt '*' airflow_health.daemons
         salt worker1 airflow_health.daemons '[airflow-worker]'
     """
-    rows = __utils__["airflow_daemons.table"]()
+    rows = _table("table")()
     if role_list is None:
         return rows
-    wanted = __utils__["airflow_daemons.daemons_for_roles"](role_list)
+    wanted = _table("daemons_for_roles")(role_list)
     return [row for row in rows if row["name"] in wanted]
 
 
@@ -561,7 +573,7 @@ def check(worker_ping_timeout=None, heartbeat_stale=None):
         salt '*' airflow_health.check
     """
     result = {}
-    for daemon in __utils__["airflow_daemons.daemons_for_roles"](roles()):
+    for daemon in _table("daemons_for_roles")(roles()):
         result[daemon] = probe(daemon, worker_ping_timeout, heartbeat_stale)
     return result
 
@@ -583,7 +595,7 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
 
         salt worker1 airflow_health.probe worker
     """
-    row = __utils__["airflow_daemons.get"](daemon) if isinstance(daemon, str) else None
+    row = _table("get")(daemon) if isinstance(daemon, str) else None
     if row is None:
         return {"status": "unknown", "detail": "unknown daemon"}
     svc = service(daemon, start_grace)
@@ -620,7 +632,7 @@ def kill_unit(name):
 
         salt worker1 airflow_health.kill_unit worker
     """
-    rows = __utils__["airflow_daemons.table"]()
+    rows = _table("table")()
     unit = _unit(name)
     if unit not in {r["unit"] for r in rows} or not unit.startswith("airflow-"):
         return {"result": False, "detail": "only airflow units"}

@@ -174,25 +174,52 @@ def test_maintenance_switch_pauses_remediation(salt_run_cli, salt_minions, airfl
     assert log.returncode == 0 and log.data[-1]["action"] == "maintenance"
 
 
-def _beacon_conf(ret_data):
-    state = [v for k, v in ret_data.items() if k == "airflow-healing-beacon-config"][0]
+def _load(rel, name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, rel))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BEACON = _load("_beacons/airflow_health.py", "healing_test_beacon")
+HEALTH = _load("_modules/airflow_health.py", "healing_test_health")
+#: what the beacon accepts without the legacy keys: its own knobs and Salt's beacon options
+BEACON_KEYS = set(BEACON.DEFAULTS) | set(BEACON._SALT_KEYS)
+
+
+def _dataset(ret_data, state_id):
+    """(state args, dataset) of a file.serialize state of show_sls output."""
+    state = ret_data[state_id]
     for item in state["file"]:
         if isinstance(item, dict) and "dataset" in item:
-            conf = {}
-            for entry in item["dataset"]["beacons"]["airflow_health"]:
-                conf.update(entry)
-            return state, conf
+            return state, item["dataset"]
     raise AssertionError(state)
 
 
-def test_healing_sls_renders_beacon_config_from_pillar(salt_cli, synced):
+def _beacon_conf(ret_data):
+    state, dataset = _dataset(ret_data, "airflow-healing-beacon-config")
+    conf = {}
+    for entry in dataset["beacons"]["airflow_health"]:
+        conf.update(entry)
+    return state, conf
+
+
+def test_healing_sls_renders_node_settings_and_beacon_config(salt_cli, synced):
     ret = salt_cli.run("state.show_sls", "airflow.healing", minion_tgt="worker1")
     assert ret.returncode == 0, ret
     state, conf = _beacon_conf(ret.data)
     assert conf["checks"] == ["worker"] and conf["interval"] == 3
-    assert any(i == {"name": "/etc/salt/minion.d/airflow-beacons.conf"} for i in state["file"])
-    restart = ret.data["airflow-healing-minion-restart"]["cmd"]
-    assert {"onchanges": [{"file": "airflow-healing-beacon-config"}]} in restart
+    assert set(conf) <= BEACON_KEYS, set(conf) - BEACON_KEYS       # no legacy keys any more
+    assert any(isinstance(i, dict) and str(i.get("name", "")).endswith(
+        "minion.d/airflow-beacons.conf") for i in state["file"])
+    # the node settings file: exactly the keys the health module reads
+    state, settings = _dataset(ret.data, "airflow-healing-settings")
+    assert set(settings) == set(HEALTH.SETTINGS_KEYS)
+    name = [i["name"] for i in state["file"] if isinstance(i, dict) and "name" in i][0]
+    assert os.path.basename(name) == os.path.basename(HEALTH.SETTINGS_FILE)
     ret = salt_cli.run("state.show_sls", "airflow.healing",
                        'pillar={"airflow": {"healing": {"interval": 7, "refire": 60}}}',
                        minion_tgt="master1")

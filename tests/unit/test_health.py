@@ -393,3 +393,11 @@ def test_kill_unit_lets_systemd_kill_the_whole_unit():
     assert run.call_args[1]["python_shell"] is False
     run.return_value = {"retcode": 1, "stdout": "", "stderr": "Failed to kill unit"}
     assert ah.kill_unit("airflow-worker")["result"] is False
+
+
+def test_missing_daemon_table_says_how_to_fix(monkeypatch):
+    from salt.exceptions import CommandExecutionError
+
+    monkeypatch.setattr(ah, "__utils__", {}, raising=False)
+    with pytest.raises(CommandExecutionError, match="saltutil.sync_all"):
+        ah.daemons()
