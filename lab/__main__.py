@@ -1,4 +1,4 @@
-"""CLI: python3 -m lab up|down|status|deploy|image|exec|stop-node|start-node|add-node|remove-node."""
+"""CLI: python3 -m lab up|down|status|deploy|image|exec|stop-node|start-node|add-node|remove-node|pin-tree|unpin-tree."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--ip", required=True)
     p = sub.add_parser("remove-node", help="destroy a node and delete its salt key")
     p.add_argument("name")
+    p = sub.add_parser("pin-tree", help="salt master serves a snapshot of commit REV, not the live checkout")
+    p.add_argument("rev")
+    sub.add_parser("unpin-tree", help="salt master serves the live checkout again")
     a = ap.parse_args(argv)
     need_root()
     try:
@@ -51,6 +54,8 @@ def main(argv=None) -> int:
             for r in rows:
                 print(f"{r['node']:10} {r['ip']:12} {'running' if r['running'] else 'stopped':8} "
                       f"{r['key']:9} {r['cgroup']:22} {r['roles']}")
+            pin = api.pinned_tree()
+            print(f"/srv/airflow on salt: {'pinned to ' + pin if pin else 'live checkout'}")
         elif a.cmd == "exec":
             cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
             if not cmd:
@@ -64,6 +69,10 @@ def main(argv=None) -> int:
             api.add_node(a.name, [r for r in a.roles.split(",") if r], a.ip)
         elif a.cmd == "remove-node":
             api.remove_node(a.name)
+        elif a.cmd == "pin-tree":
+            print(api.pin_tree(a.rev))
+        elif a.cmd == "unpin-tree":
+            api.unpin_tree()
     except LabError as e:
         progress(f"ERROR: {e}")
         return 1

@@ -169,6 +169,19 @@ def remove_node(name):
     progress(f"{name}: removed")
 
 
+def pin_tree(rev):
+    """Pin the salt master's /srv/airflow to a snapshot of commit rev (see saltsetup.pin_tree)."""
+    return saltsetup.pin_tree(rev)
+
+
+def unpin_tree():
+    saltsetup.unpin_tree()
+
+
+def pinned_tree():
+    return saltsetup.pinned_tree()
+
+
 def node_cgroups(node):
     """{hierarchy: host directory} of node's own cgroup subtree (lab/cgroups.py)."""
     return cgroups.node_dirs(node)
@@ -188,4 +201,4 @@ def refresh_hosts():
 
 __all__ = ["exec_on", "salt", "salt_run", "node_ip", "is_running", "stop_node", "start_node", "add_node",
            "remove_node", "lab_up", "lab_deploy", "lab_down", "secrets", "status", "minions", "node_cgroups",
-           "unit_cgroups"]
+           "unit_cgroups", "pin_tree", "unpin_tree", "pinned_tree"]

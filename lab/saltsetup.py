@@ -281,3 +281,60 @@ def _deploy_once(timeout):
         raise LabError(f"deploy failed (rc={rc}) after {dt:.0f}s{conflict}")
     progress(f"deploy: done in {dt:.0f}s")
     return dt
+
+
+# ------------------------------------------------------------------ pinned tree
+# The salt node bind-mounts the live checkout at /srv/airflow. While others edit it, a lab run
+# can pin the salt master to a snapshot of one commit: `git archive` into the salt node, bind-
+# mounted read-only over /srv/airflow in the node's mount namespace (until unpin or a reboot of
+# the salt node), master.d re-copied, fileserver updated, modules synced to the minions.
+TREE_DIR = "/var/lib/airflow-lab-tree"
+TREE_MARK = f"{TREE_DIR}/PINNED"
+SRV = "/srv/airflow"
+
+
+def _srv_mounts() -> int:
+    p = nodes.exec_on(SALT_NODE, ["cat", "/proc/self/mountinfo"], timeout=30)
+    return sum(1 for ln in p.stdout.splitlines() if ln.split()[4] == SRV)
+
+
+def pinned_tree() -> str | None:
+    """Commit the salt master's /srv/airflow is pinned to, or None (the live checkout)."""
+    if not nodes.is_running(SALT_NODE) or _srv_mounts() < 2:
+        return None
+    p = nodes.exec_on(SALT_NODE, ["cat", TREE_MARK], check=False, timeout=30)
+    return p.stdout.strip() or "?"
+
+
+def _resync(why: str) -> None:
+    setup_master()  # conf/master.d of the tree now at /srv/airflow (restarts the master if changed)
+    nodes.exec_on(SALT_NODE, ["salt-run", "fileserver.update"], check=False, timeout=300)
+    p = nodes.exec_on(SALT_NODE, ["salt", "--timeout=60", "*", "saltutil.sync_all"], check=False, timeout=600)
+    progress(f"salt: {why}; modules synced (rc={p.returncode})")
+
+
+def pin_tree(rev: str) -> str:
+    from .common import REPO, run
+    sha = run(["git", "-C", str(REPO), "rev-parse", "--verify", f"{rev}^{{commit}}"]).stdout.strip()
+    root = nodes.merged(SALT_NODE)
+    dest = root / TREE_DIR.lstrip("/") / sha
+    if not dest.is_dir():
+        tmp = dest.with_name(sha + ".tmp")
+        run(["rm", "-rf", str(tmp)])
+        tmp.mkdir(parents=True)
+        run(["sh", "-c", 'git -C "$1" archive "$2" | tar -x -C "$3"', "sh", str(REPO), sha, str(tmp)])
+        tmp.rename(dest)
+    unpin_tree(resync=False)
+    _sh(SALT_NODE, f"mount --make-private {SRV}; mount --bind {TREE_DIR}/{sha} {SRV}; "
+                   f"mount -o remount,bind,ro {SRV}; echo {sha} > {TREE_MARK}")
+    _resync(f"/srv/airflow pinned to {sha[:12]}")
+    return sha
+
+
+def unpin_tree(resync: bool = True) -> None:
+    was = _srv_mounts() >= 2
+    while _srv_mounts() >= 2:
+        _sh(SALT_NODE, f"umount {SRV}")
+    nodes.exec_on(SALT_NODE, ["rm", "-f", TREE_MARK], check=False)
+    if was and resync:
+        _resync("/srv/airflow is the live checkout again")

@@ -46,9 +46,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def results_file(name: str, record: dict) -> None:
-    """Append one measurement as a JSON line to results/<name>.jsonl."""
+    """Append one measurement as a JSON line to results/<name>.jsonl, with the host's load average
+    (2 cores: timings taken while other jobs load the host are not comparable)."""
     RESULTS.mkdir(exist_ok=True)
-    record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
+    record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S"), "host_load_1m": round(os.getloadavg()[0], 1), **record}
     with open(RESULTS / f"{name}.jsonl", "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 

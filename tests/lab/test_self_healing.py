@@ -47,6 +47,7 @@ def salt_run_json(lab, *argv, timeout=300):
 
 
 def wait_for(fn, timeout, every=0.5, what="condition"):
+    """Poll fn until it returns something truthy; (seconds waited, that value). Fails at the deadline."""
     t0 = time.monotonic()
     last = None
     while time.monotonic() - t0 < timeout:
@@ -57,6 +58,20 @@ def wait_for(fn, timeout, every=0.5, what="condition"):
     raise AssertionError(f"timeout {timeout}s waiting for {what} (last: {last!r})")
 
 
+def hold(fn, seconds, every=1.0, what="condition"):
+    """fn must stay truthy at every poll for `seconds` (an observation window, not a sleep:
+    it fails at the first poll that breaks the condition). Returns the polls made."""
+    deadline = time.monotonic() + seconds
+    polls = 0
+    while True:
+        res = fn()
+        polls += 1
+        assert res, f"{what} broke after {polls} polls ({res!r})"
+        if time.monotonic() >= deadline:
+            return polls
+        time.sleep(every)
+
+
 def worker_ping_ok(lab, node=WORKER):
     res = salt_json(lab, node, "airflow_health.worker_ping", "timeout=2").get(node)
     return isinstance(res, dict) and res.get("status") == "ok"
@@ -65,6 +80,26 @@ def worker_ping_ok(lab, node=WORKER):
 def main_pid(lab, node, unit):
     out = sh(lab, node, f"systemctl show -p MainPID --value {unit}").stdout.strip()
     return int(out or 0)
+
+
+def active_for(lab, node, unit):
+    """Seconds unit has been active in node (0 if it is not). The nodes share the host's
+    CLOCK_MONOTONIC, which systemd's *TimestampMonotonic values are on."""
+    out = sh(lab, node, f"systemctl show -p ActiveState,ActiveEnterTimestampMonotonic {unit}").stdout
+    props = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
+    if props.get("ActiveState") != "active" or not props.get("ActiveEnterTimestampMonotonic", "0").isdigit():
+        return 0.0
+    return max(0.0, time.monotonic() - int(props["ActiveEnterTimestampMonotonic"]) / 1e6)
+
+
+def start_grace(lab, node=WORKER):
+    """The healing layer's start grace (a daemon younger than this is not judged), from the
+    node's pillar; 20 s (the default) when it is not set there."""
+    res = salt_json(lab, node, "pillar.get", "airflow:healing:start_grace").get(node)
+    try:
+        return float(res) if res not in (None, "") else 20.0
+    except (TypeError, ValueError):
+        return 20.0
 
 
 def heartbeat(lab, via):
@@ -139,8 +174,10 @@ def test_worker_kill9_systemd_restarts(healing, results_file):
 @pytest.mark.timeout(300)
 def test_worker_sigstop_hang_detected_and_restarted(healing, results_file):
     lab = healing
-    # a worker started less than start_grace (20 s) ago is not judged: let it settle
-    time.sleep(20)
+    # a worker started less than start_grace ago is not judged (the kill -9 test restarted it)
+    grace = start_grace(lab) + 1
+    wait_for(lambda: active_for(lab, WORKER, "airflow-worker") >= grace and worker_ping_ok(lab), grace + 90,
+             0.5, f"airflow-worker on {WORKER} active for {grace:.0f} s and answering")
     t_wall = time.time()
     t0 = time.monotonic()
     sh(lab, WORKER, "pkill -STOP -u airflow -f celery", check=True)
@@ -255,19 +292,25 @@ def test_scheduler_kill_then_node_loss_failover(healing, airflow_api, results_fi
         wait_for(lambda: (_heartbeat_runs(airflow_api) or before_run) != before_run, 150, 5,
                  "a new heartbeat DAG run")
     finally:
+        t_back = time.time()
         lab.start_node(active)
 
-    # (c) the old master returns: it stays standby, exactly one scheduler
+    # (c) the old master returns: the minion start event makes airflow.minion_started fence it
+    # (audited after it came back), and it stays standby with exactly one scheduler
     wait_for(lambda: salt_json(lab, active, "test.ping").get(active) is True, 180, 3,
              f"{active} minion back")
-    time.sleep(20)  # minion start event -> airflow.minion_started fences it
-    for _ in range(5):
-        assert _one_scheduler(lab, standby), heartbeat(lab, standby)
+    fence_s, recs = wait_for(lambda: audit_since(lab, t_back, action="fence", minion=active), 120, 1,
+                             f"{active} fenced after its return (audit)")
+    assert recs[0]["outcome"] == "fenced", recs
+
+    def still_one():
         state = sh(lab, active, "systemctl is-active airflow-scheduler").stdout.strip()
-        assert state != "active", f"{active} runs a scheduler again"
-        time.sleep(3)
+        return state != "active" and _one_scheduler(lab, standby) and state
+    polls = hold(still_one, 15, 3, f"{active} standby, one scheduler heartbeating")
+    state = sh(lab, active, "systemctl is-active airflow-scheduler").stdout.strip()
     results_file("self-healing", {"test": "returning_master_stays_standby", "node": active,
-                                  "scheduler_unit": state})
+                                  "fenced_after_s": round(recs[0]["ts"] - t_back, 1),
+                                  "held_polls": polls, "scheduler_unit": state})
 
 
 # ------------------------------------------------------------------ 5. haproxy follows
@@ -325,12 +368,15 @@ def test_haproxy_follows_api_servers(healing, results_file):
     for w in workers:
         w.start()
     try:
-        time.sleep(2)
+        wait_for(lambda: stats["ok"] >= 10, 30, 0.2, "the request loop getting answers")
         t0 = time.monotonic()
         res = salt_run_json(lab, "airflow.drain_api_server", "master2")
         drain_s = time.monotonic() - t0
         state = (haproxy_servers(lab).get("master2") or [""])[0]
-        time.sleep(3)
+        ok_at_drain = stats["ok"]
+        # keep requesting while master2 is drained: answers must go on coming, none failing
+        wait_for(lambda: stats["ok"] >= ok_at_drain + 20 or stats["failed"], 30, 0.2,
+                 "20 more answers with master2 drained")
     finally:
         stop.set()
         for w in workers:
