@@ -116,7 +116,8 @@ def test_recipe_hash_is_stable():
 def test_cli_help():
     p = subprocess.run([sys.executable, "-m", "lab", "--help"], capture_output=True, text=True)
     assert p.returncode == 0
-    for cmd in ("up", "down", "status", "deploy", "exec", "stop-node", "start-node", "add-node"):
+    for cmd in ("up", "down", "status", "deploy", "exec", "stop-node", "start-node", "add-node", "pin-tree",
+                "unpin-tree"):
         assert cmd in p.stdout
 
 
