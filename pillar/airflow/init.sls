@@ -5,6 +5,10 @@ mine_functions:
   airflow_address:
     mine_function: network.ip_addrs
     cidr: {{ cidr }}
+  # Roles of each minion, for salt/airflow/hosts.jinja (one mine call for all addresses).
+  airflow_roles:
+    mine_function: grains.get
+    key: roles
 
 airflow:
   network:
@@ -12,7 +16,7 @@ airflow:
   scheduler:
     mode: active-standby
     active: master1
-    guard_stale_seconds: 15
+    heartbeat_stale: 15
   worker:
     concurrency: 4
     queues:
@@ -22,7 +26,7 @@ airflow:
     port: 8080
   dag_processor:
     parsing_processes: 1
-  # Read by the self-healing layer (beacons/reactor/runners); keys beyond these are theirs.
+  # Self-healing knobs (defaults and meaning: salt/airflow/defaults.yaml airflow:healing).
   healing:
     interval: 3
     worker_ping_failures: 1

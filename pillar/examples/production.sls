@@ -37,6 +37,16 @@
 #   worker:
 #     concurrency: 16
 #     queues: [default, heavy]
+#   # Site copies of the formula's files (TOFS, salt/airflow/libtofs.jinja): put them in a file
+#   # root of your own, e.g. /etc/airflow-salt/salt/airflow/files/<minion id or os_family>/<file>,
+#   # or name a source per state ID:
+#   tofs:
+#     source_files:
+#       airflow-lb-config: ['salt://site/haproxy.cfg.jinja']
+#   # Taking a role away (salt/top.sls runs airflow.<role>.clean) keeps the metastore database
+#   # and the broker vhost; set this to drop them too:
+#   clean:
+#     purge_data: False
 #   # Any airflow.cfg option: {section: {key: value}}
 #   config:
 #     core:

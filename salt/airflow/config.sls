@@ -1,4 +1,6 @@
-{%- from 'airflow/map.jinja' import airflow with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import airflow with context %}
+{%- from tplroot ~ '/libtofs.jinja' import files_switch with context %}
 include:
   - airflow.user
 
@@ -6,8 +8,10 @@ include:
 airflow-config:
   file.managed:
     - name: {{ airflow.home }}/airflow.cfg
-    - source: salt://airflow/files/airflow.cfg.jinja
+    - source: {{ files_switch(['airflow.cfg.jinja'], lookup='airflow-config') }}
     - template: jinja
+    - context:
+        tplroot: {{ tplroot }}
     - user: {{ airflow.user }}
     - group: {{ airflow.group }}
     - mode: '0640'

@@ -1,4 +1,5 @@
-{%- from 'airflow/map.jinja' import airflow with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import airflow with context %}
 include:
   - airflow.user
 

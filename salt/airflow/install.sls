@@ -1,4 +1,6 @@
-{%- from 'airflow/map.jinja' import airflow with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import airflow with context %}
+{%- from tplroot ~ '/libtofs.jinja' import files_switch with context %}
 {%- set spec = 'apache-airflow[' ~ airflow.extras|join(',') ~ ']==' ~ airflow.version %}
 {%- set constraints = airflow.home ~ '/' ~ airflow.constraints %}
 {%- set marker = airflow.venv ~ '/.airflow-install-spec' %}
@@ -21,7 +23,7 @@ airflow-install-os-packages:
 airflow-constraints-file:
   file.managed:
     - name: {{ constraints }}
-    - source: salt://airflow/files/{{ airflow.constraints }}
+    - source: {{ files_switch([airflow.constraints], lookup='airflow-constraints-file') }}
     - user: root
     - group: {{ airflow.group }}
     - mode: '0644'

@@ -2,7 +2,8 @@
     active scheduler master (first airflow-master by minion id). Every other node gets a no-op with
     the same ID so daemons can `require: sls: airflow.migrate` everywhere. The orchestration
     (orch.deploy) applies this before any master highstate. -#}
-{%- from 'airflow/map.jinja' import airflow with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/hosts.jinja' import airflow with context %}
 {%- set node = salt['pillar.get']('airflow:migrate:node', airflow.scheduler.active) %}
 {%- set marker = airflow.home ~ '/.db-migrated-' ~ airflow.version %}
 include:

@@ -1,5 +1,6 @@
-{%- from 'airflow/map.jinja' import airflow with context %}
-{%- from 'airflow/macros.jinja' import daemon with context %}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import airflow with context %}
+{%- from tplroot ~ '/macros.jinja' import daemon with context %}
 include:
   - airflow
   - airflow.systemd

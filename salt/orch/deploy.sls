@@ -2,15 +2,23 @@
       sync custom modules + refresh the mine (addresses) -> metastore (db) + broker
       + the Airflow software on every Airflow node (in parallel)
       -> `airflow db migrate` (on the one master airflow.migrate selects) -> masters
-      -> workers + flower -> load balancer -> runner airflow.mark_deployed.
+      -> workers + flower -> load balancer -> highstate of db/broker-only minions (their
+      healing beacon, cleans) -> runner airflow.mark_deployed.
+    airflow-sync-all also brings the custom modules AND utils (the daemon table) to every minion
+    before any state.sls renders (a highstate syncs by itself, state.sls does not).
     Run: salt-run state.orchestrate orch.deploy
     Every step requires the previous one, so a failed step stops the run and the orchestration
     returns failure. Steps whose role has no minion (e.g. external database) are left out. -#}
 {%- set roles = {} %}
+{%- set minions = {} %}
 {%- for role in ['airflow-db', 'airflow-broker', 'airflow-master', 'airflow-worker', 'airflow-flower', 'airflow-lb'] %}
 {%-   set found = salt['saltutil.runner']('cache.grains', tgt='G@roles:' ~ role, tgt_type='compound') or {} %}
 {%-   do roles.update({role: found|length > 0}) %}
+{%-   do minions.update({role: found|list}) %}
 {%- endfor %}
+{#- db/broker minions that no highstate step below reaches #}
+{%- set highstated = minions['airflow-master'] + minions['airflow-worker'] + minions['airflow-flower'] + minions['airflow-lb'] %}
+{%- set infra_only = (minions['airflow-db'] + minions['airflow-broker'])|unique|reject('in', highstated)|list %}
 {%- set last = ['airflow-mine-update'] %}
 
 # The healing layer stands still while daemons are being (re)started by the deployment.
@@ -121,6 +129,19 @@ airflow-deploy-lb:
     - require:
       - salt: {{ last }}
 {%-   set last = 'airflow-deploy-lb' %}
+{%- endif %}
+
+{%- if infra_only %}
+
+# db/broker states ran above; the highstate adds the healing beacon and the clean SLS.
+airflow-deploy-infra:
+  salt.state:
+    - tgt: 'L@{{ infra_only|sort|join(',') }}'
+    - tgt_type: compound
+    - highstate: True
+    - require:
+      - salt: {{ last }}
+{%-   set last = 'airflow-deploy-infra' %}
 {%- endif %}
 
 airflow-mark-deployed:

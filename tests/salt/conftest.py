@@ -12,7 +12,9 @@ Fixtures (session scope; reuse them in other tests/salt/test_*.py, e.g. test_hea
 ``test_secrets``
     dict {key: value} of the secrets written to the test pillar.
 ``salt_master``
-    the running SaltMaster factory. Config: file_roots = repo ``salt/``; pillar_roots =
+    the running SaltMaster factory. Config: file_roots = repo ``salt/`` + ``site`` (root/site-salt,
+    stands in for /etc/airflow-salt/salt: site overrides of the formula's files, TOFS; it holds
+    ``SITE_FILES``); pillar_roots =
     [etc/pillar, repo ``pillar/``, varlib/pillar]; runner_dirs = repo ``_runners``; plus
     ``conf/master.d/airflow-reactor.conf`` when it exists, with /srv/airflow, /etc/airflow-salt
     and /var/lib/airflow-salt in it rewritten to the repo / the temp dirs above.
@@ -21,6 +23,9 @@ Fixtures (session scope; reuse them in other tests/salt/test_*.py, e.g. test_hea
     ``master2`` ([airflow-master]), ``worker1`` ([airflow-worker]), ``infra`` ([airflow-db,
     airflow-broker, airflow-lb]). Minion id == key. Mine (``airflow_address``, cidr 127.0.0.0/8 set
     by the test airflow_site.sls) is updated at start, so every minion's address is 127.0.0.1.
+    ``saltutil.sync_all`` ran at start, as orch.deploy does (custom modules + utils: the states
+    read the daemon table through them). Each minion's config dir (``factory.config_dir``) stands
+    in for /etc/salt: node settings file, beacon config, role markers.
 ``salt_cli`` / ``salt_run_cli``
     ``salt`` and ``salt-run`` CLIs of the master.
 ``salt_call_cli``
@@ -57,6 +62,11 @@ TEST_SECRETS = {
     "lb": {"lb_stats_password": "stats-pw-test"},
 }
 
+# Site overrides of formula files (TOFS): path under the site file root -> content.
+SITE_FILES = {
+    "airflow/files/worker1/airflow-daemon.service.jinja": "# site override of {{ name }} for worker1\n",
+}
+
 SITE_PILLAR = {
     "mine_functions": {"airflow_address": {"mine_function": "network.ip_addrs", "cidr": "127.0.0.0/8", "include_loopback": True}},
     "airflow": {"network": {"cidr": "127.0.0.0/8"}},
@@ -83,7 +93,12 @@ def airflow_salt_paths():
         "root": root,
         "etc": os.path.join(root, "etc-afs"),
         "varlib": os.path.join(root, "var-afs"),
+        "site": os.path.join(root, "site-salt"),
     }
+    for rel, text in SITE_FILES.items():
+        os.makedirs(os.path.dirname(os.path.join(paths["site"], rel)), exist_ok=True)
+        with open(os.path.join(paths["site"], rel), "w") as fh:
+            fh.write(text)
     os.makedirs(os.path.join(paths["etc"], "pillar", "airflow", "secrets"))
     os.makedirs(os.path.join(paths["varlib"], "pillar"))
     yield paths
@@ -105,14 +120,16 @@ def test_secrets(airflow_salt_paths):
 
 @pytest.fixture(scope="session")
 def salt_factories_config(airflow_salt_paths):
-    return {"root_dir": airflow_salt_paths["root"]}
+    # start_timeout: daemons start in seconds, but a loaded 2-core host (e.g. the lab running
+    # beside) needs more than the default 60 s
+    return {"root_dir": airflow_salt_paths["root"], "start_timeout": 180}
 
 
 @pytest.fixture(scope="session")
 def salt_master(salt_factories, airflow_salt_paths, test_secrets):
     paths = airflow_salt_paths
     config = {
-        "file_roots": {"base": [os.path.join(REPO, "salt")]},
+        "file_roots": {"base": [os.path.join(REPO, "salt"), paths["site"]]},
         "pillar_roots": {
             "base": [
                 os.path.join(paths["etc"], "pillar"),
@@ -152,10 +169,12 @@ def salt_minions(salt_master):
     with ThreadPoolExecutor(len(minions)) as pool:
         try:
             list(pool.map(lambda f: f.start(), minions.values()))
-            cli = salt_master.salt_cli()
+            cli = salt_master.salt_cli(timeout=120)  # a loaded host answers slowly
             ret = cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*")
             assert ret.returncode == 0, ret
             ret = cli.run("mine.update", minion_tgt="*")
+            assert ret.returncode == 0, ret
+            ret = cli.run("saltutil.sync_all", minion_tgt="*")  # as orch.deploy does
             assert ret.returncode == 0, ret
             yield minions
         finally:

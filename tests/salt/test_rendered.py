@@ -51,6 +51,7 @@ def test_haproxy_backends_from_mine(rendered):
     assert "bind :8080" in text and "bind :1936" in text
     assert "stats auth admin:stats-pw-test" in text
     assert "stats socket /run/haproxy/admin.sock mode 660 level admin" in text
+    assert "default_backend airflow_api" in text
 
 
 def test_scheduler_guard_renders_and_compiles(salt_cli):
@@ -59,6 +60,7 @@ def test_scheduler_guard_renders_and_compiles(salt_cli):
     assert ret.returncode == 0, ret
     compile(ret.data, "scheduler-guard.py", "exec")
     assert "STALE_SECONDS = 15" in ret.data
+    assert 'os.environ.get("AIRFLOW_CONFIG") or AIRFLOW_CFG' in ret.data
 
 
 def test_secrets_per_role(salt_cli, test_secrets):

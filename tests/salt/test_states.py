@@ -25,14 +25,15 @@ def test_master_highstate_has_daemons_units_and_common_part(highstate, minion):
         unit = _unit(states, name)
         assert unit["fun"] == "file.managed"
         assert unit["name"] == f"/etc/systemd/system/airflow-{name}.service"
-        assert unit["source"] == "salt://airflow/files/airflow-daemon.service.jinja"
+        # TOFS: site overrides first, the shipped template last
+        assert unit["source"][-1] == "salt://airflow/files/airflow-daemon.service.jinja"
     for name in ["api-server", "dag-processor", "triggerer"]:
         svc = states[f"airflow-{name}-service"]
         assert svc["fun"] == "service.running" and svc["enable"] is True
         assert {"sls": "airflow.migrate"} in svc["require"]
     # no healing/worker/lb/db states leak in
     assert "airflow-worker-service" not in states
-    assert "haproxy-config" not in states and "postgresql-service" not in states
+    assert "airflow-lb-config" not in states and "airflow-db-service" not in states
 
 
 def test_daemon_watches_only_what_affects_it(highstate):
@@ -117,18 +118,22 @@ def test_worker_highstate(highstate):
 
 def test_infra_highstate_db_broker_lb(highstate):
     states = highstate("infra")
-    hba = states["postgresql-pg-hba-airflow"]
+    hba = states["airflow-db-pg-hba"]
     assert "host    airflow    airflow    127.0.0.0/8    scram-sha-256" in hba["content"]
-    assert "listen_addresses = '*'" in states["postgresql-listen-addresses"]["contents"]
+    assert "listen_addresses = '*'" in states["airflow-db-config"]["contents"]
     assert states["airflow-db-role"]["fun"] == "postgres_user.present"
     assert states["airflow-db-role"]["encrypted"] == "scram-sha-256"
     assert states["airflow-db-database"]["owner"] == "airflow"
-    assert states["rabbitmq-guest-user-absent"]["fun"] == "rabbitmq_user.absent"
-    assert states["rabbitmq-guest-user-absent"]["name"] == "guest"
-    assert states["rabbitmq-airflow-user"]["perms"] == [{"airflow": [".*", ".*", ".*"]}]
-    assert states["haproxy-config"]["check_cmd"] == "haproxy -c -f"
-    assert states["haproxy-service"]["reload"] is True
-    assert not any(sid.startswith("airflow-") and sid.endswith("-service") for sid in states)
+    assert states["airflow-broker-guest-absent"]["fun"] == "rabbitmq_user.absent"
+    assert states["airflow-broker-guest-absent"]["name"] == "guest"
+    assert states["airflow-broker-user"]["perms"] == [{"airflow": [".*", ".*", ".*"]}]
+    assert states["airflow-broker-vhost"]["name"] == "airflow"
+    assert states["airflow-lb-config"]["check_cmd"] == "haproxy -c -f"
+    assert states["airflow-lb-service"]["reload"] is True
+    # no Airflow daemon here, and every state ID is the formula's own (airflow-<sls>-<what>)
+    for name in DAEMONS_MASTER + ["worker", "flower"]:
+        assert f"airflow-{name}-service" not in states and f"airflow-{name}-unit" not in states
+    assert all(sid.startswith("airflow-") for sid in states), sorted(states)
 
 
 def test_external_database_installs_nothing(salt_cli):

@@ -1,6 +1,8 @@
 """Plain-Jinja2 rendering of the formula's file templates (no Salt needed)."""
 import configparser
 import os
+import subprocess
+import sys
 
 import jinja2
 import pytest
@@ -66,7 +68,8 @@ def test_airflow_cfg_escapes_percent(env):
 def test_haproxy_cfg(env):
     text = env.get_template("airflow/files/haproxy.cfg.jinja").render(
         backends=[["master1", "10.77.0.11"], ["master2", "10.77.0.12"]], api_port=8080, lb_port=8080,
-        stats_port=1936, stats_user="admin", stats_password="pw")
+        stats_port=1936, stats_user="admin", stats_password="pw",
+        admin_socket="/run/haproxy/admin.sock", backend="airflow_api")
     assert "server master1 10.77.0.11:8080 check" in text
     assert "server master2 10.77.0.12:8080 check" in text
     backend = text.split("backend airflow_api", 1)[1].split("listen stats", 1)[0]
@@ -75,6 +78,15 @@ def test_haproxy_cfg(env):
     assert "default-server inter 2s fall 2 rise 1" in backend
     assert "stats socket /run/haproxy/admin.sock mode 660 level admin" in text
     assert "stats auth admin:pw" in text
+    assert "default_backend airflow_api" in text
+
+
+def test_haproxy_cfg_socket_and_backend_names_from_context(env):
+    text = env.get_template("airflow/files/haproxy.cfg.jinja").render(
+        backends=[["master1", "10.77.0.11"]], api_port=8080, lb_port=8080, stats_port=1936,
+        stats_user="admin", stats_password="pw", admin_socket="/run/hap/api.sock", backend="af")
+    assert "stats socket /run/hap/api.sock mode 660 level admin" in text
+    assert "default_backend af\n" in text and "backend af\n" in text
 
 
 def test_scheduler_guard_template_compiles(env):
@@ -83,3 +95,35 @@ def test_scheduler_guard_template_compiles(env):
             mode=mode, stale_seconds=15, home="/opt/airflow")
         compile(src, "scheduler-guard.py", "exec")
         assert f'MODE = "{mode}"' in src
+
+
+def _guard(env, tmp_path, mode="active-standby"):
+    src = env.get_template("airflow/files/scheduler-guard.py.jinja").render(
+        mode=mode, stale_seconds=15, home=str(tmp_path / "home"))
+    path = tmp_path / "scheduler-guard.py"
+    path.write_text(src)
+    return path
+
+
+def test_scheduler_guard_reads_airflow_config_env(env, tmp_path):
+    """AIRFLOW_CONFIG (Airflow's own variable) names the airflow.cfg, else <home>/airflow.cfg."""
+    (tmp_path / "home").mkdir()
+    # the managed file: a metastore the guard would try to reach
+    (tmp_path / "home" / "airflow.cfg").write_text(
+        "[database]\nsql_alchemy_conn = postgresql+psycopg2://u:p@192.0.2.1:1/x\n")
+    scratch = tmp_path / "scratch.cfg"
+    scratch.write_text("[core]\nexecutor = CeleryExecutor\n")  # no connection at all
+    guard = _guard(env, tmp_path)
+    envvars = {k: v for k, v in os.environ.items() if k != "AIRFLOW_CONFIG"}
+    ret = subprocess.run([sys.executable, str(guard)], env=dict(envvars, AIRFLOW_CONFIG=str(scratch)),
+                         capture_output=True, text=True, timeout=60)
+    assert ret.returncode == 0 and "no sql_alchemy_conn, allowing start" in ret.stdout, ret
+    ret = subprocess.run([sys.executable, str(guard)], env=envvars, capture_output=True, text=True,
+                         timeout=60)
+    assert "no sql_alchemy_conn" not in ret.stdout  # it read <home>/airflow.cfg instead
+
+
+def test_scheduler_guard_active_active_always_allows(env, tmp_path):
+    guard = _guard(env, tmp_path, mode="active-active")
+    ret = subprocess.run([sys.executable, str(guard)], capture_output=True, text=True, timeout=60)
+    assert ret.returncode == 0

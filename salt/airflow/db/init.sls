@@ -1,11 +1,14 @@
 {#- PostgreSQL 15 metastore from Debian. With airflow:database:external (or driver mysql) this
-    installs nothing: the connection alone is configured in airflow.cfg. -#}
-{%- from 'airflow/map.jinja' import airflow, secret with context %}
+    installs nothing: the connection alone is configured in airflow.cfg. airflow.db.clean takes
+    the role away again (the data stays unless airflow:clean:purge_data). -#}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import airflow, secret with context %}
+{%- from tplroot ~ '/macros.jinja' import role_marker with context %}
 {%- set db = airflow.database %}
 {%- if not db.external and db.driver == 'postgresql' %}
 {%- set pgconf = '/etc/postgresql/' ~ db.postgresql_version ~ '/main' %}
 
-postgresql-packages:
+airflow-db-packages:
   pkg.installed:
     - pkgs:
       - postgresql
@@ -13,11 +16,11 @@ postgresql-packages:
     # postgres_* states need psql: load them again after the install.
     - reload_modules: True
 
-postgresql-listen-addresses:
+airflow-db-config:
   file.managed:
     - name: {{ pgconf }}/conf.d/airflow.conf
     - contents: |
-        # Managed by Salt (salt/airflow/db.sls)
+        # Managed by Salt (salt/airflow/db)
         listen_addresses = '*'
         password_encryption = 'scram-sha-256'
         max_connections = 200
@@ -25,10 +28,10 @@ postgresql-listen-addresses:
     - group: postgres
     - mode: '0644'
     - require:
-      - pkg: postgresql-packages
+      - pkg: airflow-db-packages
 
 # Only the cluster network may reach the airflow database, only with SCRAM passwords.
-postgresql-pg-hba-airflow:
+airflow-db-pg-hba:
   file.blockreplace:
     - name: {{ pgconf }}/pg_hba.conf
     - marker_start: '# BEGIN airflow (managed by Salt) --'
@@ -37,23 +40,23 @@ postgresql-pg-hba-airflow:
         host    {{ db.name }}    {{ db.user }}    {{ airflow.network.cidr }}    scram-sha-256
     - append_if_not_found: True
     - require:
-      - pkg: postgresql-packages
+      - pkg: airflow-db-packages
 
-postgresql-service:
+airflow-db-service:
   service.running:
     - name: postgresql
     - enable: True
     - watch:
-      - file: postgresql-listen-addresses
+      - file: airflow-db-config
 
-postgresql-reload-pg-hba:
+airflow-db-reload:
   module.run:
     - service.reload:
       - name: postgresql
     - onchanges:
-      - file: postgresql-pg-hba-airflow
+      - file: airflow-db-pg-hba
     - require:
-      - service: postgresql-service
+      - service: airflow-db-service
 
 airflow-db-role:
   postgres_user.present:
@@ -63,7 +66,7 @@ airflow-db-role:
     - login: True
     - user: postgres
     - require:
-      - service: postgresql-service
+      - service: airflow-db-service
 
 airflow-db-database:
   postgres_database.present:
@@ -74,9 +77,11 @@ airflow-db-database:
     - user: postgres
     - require:
       - postgres_user: airflow-db-role
+
+{{ role_marker('airflow-db') }}
 {%- else %}
 
 airflow-db-external:
   test.succeed_without_changes:
-    - name: 'external {{ db.driver }} metastore at {{ db.host }}:{{ db.port }}: nothing to install'
+    - name: 'external {{ db.driver }} metastore at {{ db.host or "airflow:database:host" }}:{{ db.port }}: nothing to install'
 {%- endif %}

@@ -1,29 +1,32 @@
 {#- RabbitMQ broker from Debian: vhost, airflow user with permissions on it, no guest user.
-    With airflow:broker:external this installs nothing. -#}
-{%- from 'airflow/map.jinja' import airflow, secret with context %}
+    With airflow:broker:external this installs nothing. airflow.broker.clean takes the role away
+    again (vhost + user stay unless airflow:clean:purge_data). -#}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import airflow, secret with context %}
+{%- from tplroot ~ '/macros.jinja' import role_marker with context %}
 {%- set br = airflow.broker %}
 {%- if not br.external %}
 
-rabbitmq-server-package:
+airflow-broker-package:
   pkg.installed:
     - name: rabbitmq-server
     # rabbitmq_* states need rabbitmqctl: load them again after the install.
     - reload_modules: True
 
-rabbitmq-server-service:
+airflow-broker-service:
   service.running:
     - name: rabbitmq-server
     - enable: True
     - require:
-      - pkg: rabbitmq-server-package
+      - pkg: airflow-broker-package
 
-rabbitmq-airflow-vhost:
+airflow-broker-vhost:
   rabbitmq_vhost.present:
     - name: {{ br.vhost }}
     - require:
-      - service: rabbitmq-server-service
+      - service: airflow-broker-service
 
-rabbitmq-airflow-user:
+airflow-broker-user:
   rabbitmq_user.present:
     - name: {{ br.user }}
     - password: {{ secret('broker_password')|json }}
@@ -33,16 +36,18 @@ rabbitmq-airflow-user:
         - '.*'
         - '.*'
     - require:
-      - rabbitmq_vhost: rabbitmq-airflow-vhost
+      - rabbitmq_vhost: airflow-broker-vhost
 
-rabbitmq-guest-user-absent:
+airflow-broker-guest-absent:
   rabbitmq_user.absent:
     - name: guest
     - require:
-      - service: rabbitmq-server-service
+      - service: airflow-broker-service
+
+{{ role_marker('airflow-broker') }}
 {%- else %}
 
 airflow-broker-external:
   test.succeed_without_changes:
-    - name: 'external {{ br.scheme }} broker at {{ br.host }}:{{ br.port }}: nothing to install'
+    - name: 'external {{ br.scheme }} broker at {{ br.host or "airflow:broker:host" }}:{{ br.port }}: nothing to install'
 {%- endif %}

@@ -1,5 +1,7 @@
-{%- from 'airflow/map.jinja' import airflow with context %}
-{%- from 'airflow/macros.jinja' import daemon with context %}
+{#- Airflow worker (Celery). airflow.worker.clean takes it away again. -#}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ '/map.jinja' import airflow with context %}
+{%- from tplroot ~ '/macros.jinja' import daemon, role_marker with context %}
 include:
   - airflow
   - airflow.systemd
@@ -8,3 +10,5 @@ include:
 {{ daemon(airflow, 'worker', 'Celery worker',
           'celery worker --concurrency ' ~ airflow.worker.concurrency ~ ' --queues ' ~ airflow.worker.queues|join(','),
           timeout_stop_sec=120) }}
+
+{{ role_marker('airflow-worker') }}
