@@ -368,7 +368,10 @@ def test_haproxy_follows_api_servers(healing, results_file):
     for w in workers:
         w.start()
     try:
-        wait_for(lambda: stats["ok"] >= 10, 30, 0.2, "the request loop getting answers")
+        # drain from a steady state: requests answered, master2 plainly UP (not "UP 1/2": a
+        # failed check pending, as right after it came back)
+        wait_for(lambda: stats["ok"] >= 10 and (haproxy_servers(lab).get("master2") or [""])[0] == "UP", 60, 0.5,
+                 "answers through haproxy with master2 steadily UP")
         t0 = time.monotonic()
         res = salt_run_json(lab, "airflow.drain_api_server", "master2")
         drain_s = time.monotonic() - t0
