@@ -5,17 +5,34 @@ Salt 3008: a highstate syncs every custom module type, utils included, BEFORE it
 (HighState.load_dynamic -> saltutil.sync_all); state.sls / show_sls do not. orch.deploy runs
 saltutil.sync_all on every minion first, and a render without the module fails naming it.
 """
+import os
+import shutil
+
 import pytest
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def _forget(salt_master, minion):
+    """The master forgets a stopped minion: key file and cache removed directly, so no salt/key
+    event reaches the reactor (a key deletion would make the runner reconcile haproxy) and `*`
+    does not wait for a minion that is gone."""
+    for base in ("minions", "minions_pre", "minions_rejected", "minions_denied"):
+        path = os.path.join(salt_master.config["pki_dir"], base, minion)
+        if os.path.exists(path):
+            os.remove(path)
+    shutil.rmtree(os.path.join(salt_master.config["cachedir"], "minions", minion), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def bare(salt_master, salt_minions):
     factory = salt_master.salt_minion_daemon("bare1", overrides={"grains": {"roles": ["airflow-lb"]}},
                                              max_start_attempts=1)
-    with factory.started():
-        yield salt_master.salt_cli(timeout=180)
+    try:
+        with factory.started():
+            yield salt_master.salt_cli(timeout=180)
+    finally:
+        _forget(salt_master, "bare1")
 
 
 def test_state_sls_without_sync_names_the_missing_module(bare):
