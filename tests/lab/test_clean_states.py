@@ -69,11 +69,28 @@ def worker_answers(lab):
     return isinstance(res, dict) and res.get("status") == "ok" and res
 
 
-def venv_processes(lab):
-    """Processes in NODE whose executable or command line comes from the Airflow venv."""
-    out = sh(lab, f"for p in /proc/[0-9]*; do exe=$(readlink $p/exe 2>/dev/null); "
-                  f"cmd=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null); "
-                  f"case \"$exe $cmd\" in *{VENV}*) echo \"${{p#/proc/}} $cmd\";; esac; done").stdout
+VENV_PROBE = r"""
+import os, sys
+venv, uid = sys.argv[1], int(sys.argv[2])
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        maps = open(f"/proc/{pid}/maps").read()
+        owner = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        continue
+    # celery rewrites its command line and the venv's python is a symlink to the system one:
+    # the venv shows in the mapped files (site-packages) or the owner, not always in cmdline/exe
+    if venv in cmd or venv + "/" in maps or (uid >= 0 and owner == uid):
+        print(pid, cmd.strip()[:200])
+"""
+
+
+def venv_processes(lab, uid=-1):
+    """Processes in NODE using the Airflow venv (command line, mapped files) or owned by uid."""
+    out = lab.exec_on(NODE, ["python3", "-c", VENV_PROBE, VENV, str(uid)], check=False, timeout=60).stdout
     return [ln for ln in out.splitlines() if ln.strip()]
 
 
@@ -91,8 +108,8 @@ def beacon_checks(lab):
     return checks
 
 
-def worker_left(lab):
-    """What is left of the worker role on NODE (empty: nothing)."""
+def worker_left(lab, uid=-1):
+    """What is left of the worker role on NODE (empty: nothing); uid: the airflow user's."""
     left = {}
     props = dict(ln.split("=", 1) for ln in sh(lab, f"systemctl show -p LoadState,ActiveState,"
                                                     f"UnitFileState {UNIT}").stdout.splitlines() if "=" in ln)
@@ -102,7 +119,7 @@ def worker_left(lab):
         left["unit"] = props
     if sh(lab, f"test -e {UNIT_FILE}").returncode == 0:
         left["unit_file"] = UNIT_FILE
-    procs = venv_processes(lab)
+    procs = venv_processes(lab, uid)
     if procs:
         left["venv_processes"] = procs
     if sh(lab, f"test -e {VENV}").returncode == 0:
@@ -124,7 +141,8 @@ def test_worker_role_taken_away_leaves_nothing(lab, results_file):
         _, install_s = apply(lab, "airflow-worker")
         assert sh(lab, f"systemctl is-active {UNIT}").stdout.strip() == "active"
         answer_s, _ = wait_for(lambda: worker_answers(lab), 180, 3, f"celery@{NODE} answering")
-        present = worker_left(lab)
+        uid = int(sh(lab, "id -u airflow", check=True).stdout.strip())
+        present = worker_left(lab, uid)
         assert {"unit", "unit_file", "venv", "venv_processes", "beacon_checks"} <= set(present), present
         print(f"{NODE}: worker up ({install_s:.0f}s install, answering {answer_s:.1f}s later)")
 
@@ -138,14 +156,17 @@ def test_worker_role_taken_away_leaves_nothing(lab, results_file):
         print(f"{NODE}: clean changed {changed}")
         # the minion may restart itself after the beacon config changed: poll until it answers and
         # nothing of the worker is left
-        gone_s, _ = wait_for(lambda: salt_json(lab, NODE, "test.ping").get(NODE) is True and not worker_left(lab),
-                             120, 2, f"nothing of the worker left on {NODE} (left: {worker_left(lab)})")
+        try:
+            wait_for(lambda: salt_json(lab, NODE, "test.ping").get(NODE) is True and not worker_left(lab, uid),
+                     120, 2, f"nothing of the worker left on {NODE}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; left: {worker_left(lab, uid)}") from None
         beacons = salt_json(lab, NODE, "beacons.list", "return_yaml=False").get(NODE)
         assert "'worker'" not in json.dumps(beacons).replace('"', "'"), beacons
         # a second apply has nothing left to clean
         res2, _ = apply(lab, "no roles, again")
         again = sorted(sid for sid, st in res2.items() if st.get("changes"))
-        assert not worker_left(lab)
+        assert not worker_left(lab, uid), worker_left(lab, uid)
         results_file("clean-states", {"test": "worker_role_removed", "node": NODE,
                                       "install_s": round(install_s, 1), "clean_apply_s": round(clean_s, 1),
                                       "nothing_left_after_s": round(time.monotonic() - t1, 1),
