@@ -7,7 +7,7 @@ import shutil
 import time
 
 from . import cgroups, image, network, nodes, saltsetup
-from .common import (LB_URL, NODES_DIR, SALT_NODE, STATE, STATS_URL, SUBNET, TOPOLOGY_FILE, LabError,
+from .common import (LB_URL, NODES_DIR, SALT_NODE, STATE, STATS_URL, SUBNET, TOPOLOGY_FILE, LabError, locked,
                      minions, parallel, progress, record_timing, save_topology, topology)
 
 
@@ -38,14 +38,17 @@ def secrets():
     return saltsetup.load_secrets()
 
 
+@locked
 def stop_node(node, hard=True):
     nodes.stop(node, hard=hard)
 
 
+@locked
 def start_node(node):
     nodes.boot(node)
 
 
+@locked
 def boot_all(names=None):
     t0 = time.monotonic()
     network.ensure_bridge()
@@ -66,6 +69,7 @@ def check_dns(node=SALT_NODE):
             raise LabError(f"{node}: cannot resolve {host}: check DNS (set AIRFLOW_LAB_DNS=ip1,ip2)")
 
 
+@locked
 def setup(names=None):
     t0 = time.monotonic()
     image.ensure_image()
@@ -77,6 +81,7 @@ def setup(names=None):
     progress(f"lab: nodes + salt ready in {time.monotonic() - t0:.1f}s (salt setup {time.monotonic() - t1:.1f}s)")
 
 
+@locked
 def lab_deploy():
     dt = saltsetup.deploy()
     record_timing("deploy", dt)
@@ -87,6 +92,7 @@ def lab_deploy():
     return dt
 
 
+@locked
 def lab_up(deploy=True):
     t0 = time.monotonic()
     setup()
@@ -96,6 +102,7 @@ def lab_up(deploy=True):
     progress(f"lab: up in {time.monotonic() - t0:.1f}s")
 
 
+@locked
 def lab_down(purge=False):
     t0 = time.monotonic()
     names = nodes.known_nodes()
@@ -137,6 +144,7 @@ def status():
     return rows
 
 
+@locked
 def add_node(name, roles, ip):
     if name in topology():
         raise LabError(f"node {name} exists")
@@ -156,6 +164,7 @@ def add_node(name, roles, ip):
     progress(f"{name}: added ({','.join(roles)}, {ip}); run `deploy` or highstate to give it its role")
 
 
+@locked
 def remove_node(name):
     if name in (SALT_NODE,):
         raise LabError("cannot remove the salt node")
@@ -169,11 +178,13 @@ def remove_node(name):
     progress(f"{name}: removed")
 
 
+@locked
 def pin_tree(rev):
     """Pin the salt master's /srv/airflow to a snapshot of commit rev (see saltsetup.pin_tree)."""
     return saltsetup.pin_tree(rev)
 
 
+@locked
 def unpin_tree():
     saltsetup.unpin_tree()
 

@@ -15,6 +15,9 @@ haproxy, which is what the tests address (http://10.77.0.30:8080/).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import json
 import os
 import subprocess
@@ -132,6 +135,51 @@ def parallel(fn, items, what="task"):
             progress(f"{item}: {what} FAILED: {e}")
         raise LabError(f"{what} failed on: {', '.join(map(str, errors))}")
     return results
+
+
+LOCK_FILE = STATE / ".lock"
+_lock = threading.RLock()
+_lock_state = {"depth": 0, "fd": None}
+
+
+@contextlib.contextmanager
+def lab_lock(what: str):
+    """One lab operation at a time on this host (flock on STATE/.lock; re-entrant in a thread).
+    Two processes changing the lab at once (e.g. a test run's `up` while another run's `down`
+    deletes the node directories) corrupt the nodes."""
+    with _lock:
+        if _lock_state["depth"] == 0:
+            STATE.mkdir(parents=True, exist_ok=True)
+            fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "?"
+                progress(f"lab: waiting for another lab operation to finish ({holder})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+            _lock_state["fd"] = fd
+        _lock_state["depth"] += 1
+        try:
+            yield
+        finally:
+            _lock_state["depth"] -= 1
+            if _lock_state["depth"] == 0:
+                fd, _lock_state["fd"] = _lock_state["fd"], None
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+
+def locked(fn):
+    """Decorator: the lab operation fn runs under lab_lock."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        with lab_lock(fn.__name__):
+            return fn(*a, **kw)
+    return wrapper
 
 
 def need_root():

@@ -256,3 +256,25 @@ def test_launcher_moves_itself_into_the_cgroups_before_starting(tmp_path):
     pf.unlink()
     assert nodes.launch(["true"], log, pf, [tmp_path / "missing/cgroup.procs"]) != 0
     assert not pf.exists()
+
+
+def test_lab_operations_exclude_each_other(lab, tmp_path, capsys):
+    """A second process's lab operation waits for the first one (flock), naming it; nested
+    operations in one process do not deadlock."""
+    import os
+    import time
+    import lab.common as common
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom lab.common import lab_lock\n"
+         "with lab_lock('lab_down'):\n    print('held', flush=True)\n    time.sleep(1.5)\n"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ), cwd=str(common.REPO))
+    assert child.stdout.readline().strip() == "held"
+    t0 = time.monotonic()
+    with common.lab_lock("lab_up"):
+        waited = time.monotonic() - t0
+        with common.lab_lock("boot_all"):  # re-entrant
+            assert "lab_up" in common.LOCK_FILE.read_text()
+    assert child.wait(timeout=10) == 0
+    assert waited > 0.5, waited
+    assert f"pid {child.pid}: lab_down" in capsys.readouterr().out
+    assert common.LOCK_FILE.read_text() == ""  # released: no holder recorded
