@@ -12,15 +12,17 @@
 {%- from tplroot ~ '/map.jinja' import airflow, roles, daemons, conf_dir with context %}
 {%- set healing = airflow.healing %}
 {%- set checks = daemons(roles)|load_json|map(attribute='name')|list %}
-{%- set beacon = [
-      {'enabled': healing.enabled|to_bool},
+{#- `enabled: True` is left out: Salt drops it from a running beacon's config, so
+    beacon.present would report a change at every run. Only a switched-off beacon carries it. #}
+{%- set beacon = [] if healing.enabled|to_bool else [{'enabled': False}] %}
+{%- do beacon.extend([
       {'interval': healing.interval|int},
       {'disable_during_state_run': True},
       {'checks': checks},
       {'worker_ping_failures': healing.worker_ping_failures|int},
       {'scheduler_check_every': healing.scheduler_check_every|float},
       {'refire': healing.refire|float},
-    ] %}
+    ]) %}
 
 airflow-healing-settings:
   file.serialize:
