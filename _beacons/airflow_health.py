@@ -25,7 +25,9 @@ The Celery ping takes seconds; it runs in a background thread so the minion's be
 is never blocked (the beacon uses the result of the last finished ping).
 """
 
+import json
 import logging
+import os
 import threading
 import time
 
@@ -33,7 +35,14 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "airflow_health"
 
-UNHEALTHY = ("dead", "hung")
+UNHEALTHY = ("dead", "hung", "split")
+#: Statuses that are no evidence about the daemon itself: never fire, keep the previous state
+#: (systemd is restarting it / the probe could not tell / a dependency is down: the
+#: dependency's own beacon reports that).
+NO_EVIDENCE = ("restarting", "unknown", "blocked", "error")
+#: The beacon's memory survives a reload of this module (``saltutil.sync_beacons`` in every
+#: highstate): without it a daemon that recovered during a state run would never be reported.
+STATE_FILE = "airflow_health_beacon.json"
 DEFAULTS = {
     "checks": [],
     "worker_ping_failures": 2,
@@ -107,11 +116,12 @@ def transition(previous, current, last_fire, now, refire):
     """
     Decide whether to fire for one daemon. Pure.
 
-    ``restarting``/``unknown`` never fire and keep the previous state (systemd handles a
-    restart; an unknown probe is not evidence). Fire on any other change, and re-fire every
+    NO_EVIDENCE statuses (restarting, unknown, blocked, error) never fire and keep the
+    previous state (systemd handles a restart; an unknown probe or a down dependency is no
+    evidence about the daemon). Fire on any other change, and re-fire every
     ``refire`` seconds while unhealthy. The first observation fires only if unhealthy.
     """
-    if current in ("restarting", "unknown", None):
+    if current in NO_EVIDENCE or current is None:
         return False, previous
     if previous is None:
         return current in UNHEALTHY, current
@@ -180,8 +190,49 @@ def _short(detail):
     return text if len(text) <= 500 else text[:500] + "..."
 
 
+def _state_path():
+    """The state file in the minion's cachedir (None outside a minion, e.g. in unit tests)."""
+    opts = globals().get("__opts__")
+    cachedir = opts.get("cachedir") if isinstance(opts, dict) else None
+    return os.path.join(cachedir, STATE_FILE) if cachedir else None
+
+
+def _load_state():
+    """Fill _STATE from the state file once per module load (unreadable: start empty)."""
+    if _STATE or _WARNED.get("loaded"):
+        return
+    _WARNED["loaded"] = True
+    if _state_path() is None:
+        return
+    try:
+        with open(_state_path(), encoding="utf-8") as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        return
+    for daemon, entry in (saved.items() if isinstance(saved, dict) else ()):
+        if isinstance(entry, dict) and isinstance(entry.get("status"), str):
+            _STATE[daemon] = {"status": entry["status"],
+                              "last_fire": float(entry.get("last_fire") or 0.0)}
+
+
+def _save_state():
+    if _state_path() is None:
+        return
+    data = {d: {"status": e.get("status"), "last_fire": e.get("last_fire")}
+            for d, e in _STATE.items()}
+    tmp = _state_path() + ".tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, _state_path())
+    except OSError as exc:
+        log.warning("airflow_health beacon: cannot save its state: %s", exc)
+
+
 def beacon(config):
     """Check the configured daemons; return one event per health change (or re-fire)."""
+    _load_state()
+    changed = False
     conf = dict(DEFAULTS)
     conf.update(_to_dict(config))
     now = _clock()
@@ -203,6 +254,7 @@ def beacon(config):
         fire, new_state = transition(entry["status"], current, entry["last_fire"], now,
                                      float(conf["refire"]))
         previous = entry["status"]
+        changed = changed or new_state != previous or fire
         entry["status"] = new_state
         if fire:
             entry["last_fire"] = now
@@ -215,4 +267,6 @@ def beacon(config):
                     "detail": _short(detail),
                 }
             )
+    if changed:
+        _save_state()
     return events

@@ -41,6 +41,10 @@ SETTINGS_KEYS = {
     "heartbeat_stale": float,
     "start_grace": float,
     "worker_ping_timeout": float,
+    "postgresql_version": int,
+    "database_port": int,
+    "broker_port": int,
+    "scheduler_mode": str,
 }
 
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.-]{1,128}$")  # a systemd unit name, not a minion id
@@ -296,10 +300,22 @@ def _table(name):
         ) from None
 
 
-def _unit(name):
-    """The unit of a daemon name (``worker`` -> ``airflow-worker``); other names as given."""
+def _unit(name, conf=None):
+    """
+    The unit of a daemon name (``worker`` -> ``airflow-worker``, ``postgresql`` ->
+    ``postgresql@15-main`` from the node settings); other names as given. None when the
+    unit needs a node setting that is missing.
+    """
     row = _table("get")(name)
-    return row["unit"] if row else name
+    if not row:
+        return name
+    if "{" not in row["unit"]:
+        return row["unit"]
+    try:
+        conf = _settings() if conf is None else conf
+    except _NoSettings:
+        return None
+    return _table("unit_of")(name, postgresql_version=conf["postgresql_version"])
 
 
 # ---------------------------------------------------------------- public API
@@ -320,6 +336,9 @@ def service(name, start_grace=None):
         salt master1 airflow_health.service scheduler
     """
     unit = _unit(name)
+    if unit is None:
+        return {"unit": None, "status": "error",
+                "detail": f"node settings {SETTINGS_FILE} missing (apply the airflow states)"}
     if not isinstance(unit, str) or not UNIT_RE.match(unit):
         return {"unit": unit, "status": "error", "detail": "invalid unit name"}
     res = __salt__["cmd.run_all"](
@@ -358,8 +377,10 @@ def api_server(url=None, timeout=3):
     """
     Probe the api-server health endpoint (default: this node's, port from the node settings).
 
-    Returns ``{'status': ok|down, 'http_status', 'detail'}``; ``ok`` needs HTTP 200 and a
-    healthy metadatabase in the JSON body (``error`` without node settings).
+    Returns ``{'status': ok|down|blocked, 'http_status', 'detail'}``: ``ok`` is HTTP 200 with a
+    healthy metadatabase; ``blocked`` is an api-server that answers but reports its metadatabase
+    unhealthy (the metastore is the problem, not this daemon); ``down`` anything else
+    (``error`` without node settings).
 
     CLI Example:
 
@@ -381,16 +402,19 @@ def api_server(url=None, timeout=3):
     except requests.RequestException as exc:
         return {"status": "down", "http_status": None, "detail": type(exc).__name__}
     detail = None
-    ok = resp.status_code == 200
+    status = "ok" if resp.status_code == 200 else "down"
     try:
         body = resp.json()
         detail = body
-        meta = (body.get("metadatabase") or {}).get("status")
+        meta = (body.get("metadatabase") or {}).get("status") if isinstance(body, dict) else None
         if meta and meta != "healthy":
-            ok = False
+            status = "blocked" if status == "ok" else "down"
     except ValueError:
         detail = resp.text[:200]
-    return {"status": "ok" if ok else "down", "http_status": resp.status_code, "detail": detail}
+    out = {"status": status, "http_status": resp.status_code, "detail": detail}
+    if status == "blocked":
+        out["dependency"] = "postgresql"
+    return out
 
 
 def scheduler_heartbeat(stale_seconds=None, timeout=15):
@@ -580,14 +604,18 @@ def check(worker_ping_timeout=None, heartbeat_stale=None):
 
 def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=None):
     """
-    Health of ONE daemon on this node: ``{'status': ok|dead|hung|restarting|unknown, ...}``.
+    Health of ONE daemon on this node:
+    ``{'status': ok|dead|hung|restarting|blocked|split|unknown, ...}``.
 
     By the daemon's probe kind (daemon table): ``heartbeat`` (scheduler) reports the CLUSTER's
     scheduler heartbeat (``ok`` if any running SchedulerJob heartbeated within
     ``heartbeat_stale`` s, ``dead`` if none, ``unknown`` if the metastore cannot be read);
     ``ping`` (worker): a running unit that does not answer a Celery ping is ``hung``, or
-    ``restarting`` while it is ``starting``; ``api`` (api-server): the health endpoint;
-    ``unit``: the systemd state. Defaults come from the node settings.
+    ``restarting`` while it is ``starting``; ``api`` (api-server): the health endpoint
+    (``blocked`` when it answers but its metastore is unhealthy); ``sql``/``amqp``/``socket``
+    (PostgreSQL, RabbitMQ, haproxy): the daemon answers a query / an AMQP handshake / its
+    admin socket; ``unit``: the systemd state. In active-standby mode a scheduler heartbeat
+    from more than one host is ``split``. Defaults come from the node settings.
 
     CLI Example:
 
@@ -604,8 +632,17 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
         hb = scheduler_heartbeat(heartbeat_stale)
         entry["heartbeat"] = hb
         entry["status"] = {"ok": "ok", "stale": "dead", "none": "dead"}.get(hb["status"], "unknown")
+        if entry["status"] == "ok" and _split(hb):
+            entry["status"] = "split"  # two schedulers heartbeat in active-standby: fence one
         return entry
     if svc["status"] != "ok":
+        return entry
+    if row["probe"] in _STATEFUL_PROBES:
+        res = _STATEFUL_PROBES[row["probe"]]()
+        entry[row["probe"]] = res
+        entry["status"] = res["status"]
+        if entry["status"] == "dead" and svc.get("starting"):
+            entry["status"] = "restarting"  # e.g. RabbitMQ takes seconds to open its port
         return entry
     if row["probe"] == "ping":
         ping = worker_ping(worker_ping_timeout)
@@ -616,8 +653,202 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
     elif row["probe"] == "api":
         api = api_server()
         entry["api"] = api
-        entry["status"] = {"ok": "ok", "down": "dead"}.get(api["status"], "unknown")
+        entry["status"] = {"ok": "ok", "down": "dead", "blocked": "blocked"}.get(
+            api["status"], "unknown")
+        if api.get("dependency"):
+            entry["dependency"] = api["dependency"]
     return entry
+
+
+
+# ---------------------------------------------------------------- stateful tier probes
+def _split(heartbeat):
+    """More than one host heartbeats while the node settings say active-standby."""
+    try:
+        mode = _settings()["scheduler_mode"]
+    except _NoSettings:
+        return False
+    hosts = {h.split(".")[0] for h in heartbeat.get("fresh") or [] if isinstance(h, str)}
+    return mode == "active-standby" and len(hosts) > 1
+
+
+def _probe_sql(timeout=5):
+    """PostgreSQL answers ``SELECT 1`` on its local socket (as the postgres superuser)."""
+    try:
+        port = str(_settings()["database_port"])
+    except _NoSettings as exc:
+        return _error(exc)
+    res = __salt__["cmd.run_all"](
+        ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-p", port, "-c", "SELECT 1"],
+        python_shell=False, ignore_retcode=True, output_loglevel="quiet", timeout=timeout,
+    )
+    if not res.get("retcode") and (res.get("stdout") or "").strip() == "1":
+        return {"status": "ok"}
+    return {"status": "dead", "detail": (res.get("stderr") or "no answer").strip()[:300]}
+
+
+def _amqp_handshake(host, port, timeout):
+    """True when ``host:port`` answers the AMQP 0-9-1 protocol header with Connection.Start."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        head = b""
+        while len(head) < 11:
+            chunk = sock.recv(11 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    # frame type 1 (method) on channel 0, class 10 (connection) method 10 (start)
+    return len(head) == 11 and head[0] == 1 and head[7:11] == b"\x00\x0a\x00\x0a"
+
+
+def _probe_amqp(timeout=3):
+    """RabbitMQ answers an AMQP handshake on this node's broker port (the broker app runs)."""
+    try:
+        port = _settings()["broker_port"]
+    except _NoSettings as exc:
+        return _error(exc)
+    try:
+        ok = _amqp_handshake("127.0.0.1", port, timeout)
+    except OSError as exc:
+        return {"status": "dead", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"status": "ok"} if ok else {"status": "dead", "detail": "no AMQP Connection.Start"}
+
+
+def _probe_socket(timeout=3):
+    """haproxy answers ``show info`` on its admin socket."""
+    try:
+        sock_path = _settings()["haproxy_socket"]
+    except _NoSettings as exc:
+        return _error(exc)
+    try:
+        out = _haproxy_cmd("show info\n", sock_path, timeout=timeout)
+    except OSError as exc:
+        return {"status": "dead", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    return {"status": "ok"} if "Pid:" in out else {"status": "dead", "detail": out[:200]}
+
+
+_STATEFUL_PROBES = {"sql": _probe_sql, "amqp": _probe_amqp, "socket": _probe_socket}
+
+
+# ---------------------------------------------------------------- actions (healing runner)
+def _systemctl(*argv, timeout=90):
+    res = __salt__["cmd.run_all"](["systemctl", *argv], python_shell=False,
+                                  ignore_retcode=True, output_loglevel="quiet", timeout=timeout)
+    return not res.get("retcode"), (res.get("stderr") or "").strip()[:300]
+
+
+def _table_unit(name):
+    """The unit of a daemon of the table (ValueError for anything else)."""
+    if not isinstance(name, str) or _table("get")(name) is None:
+        raise ValueError(f"not a daemon of the table: {name!r}")
+    unit = _unit(name)
+    if unit is None:
+        raise ValueError(f"node settings {SETTINGS_FILE} missing (apply the airflow states)")
+    return unit
+
+
+def restart(name, kill=False, enable=False):
+    """
+    Restart daemon ``name`` (a daemon of the table) the way the healing runner needs it:
+    ``systemctl reset-failed`` first (a unit in systemd's start-limit state refuses any start),
+    SIGKILL of every process of the unit first when ``kill`` (a hung Airflow daemon ignores
+    SIGTERM), then ``systemctl restart`` (and ``enable`` first when asked: a scheduler the
+    runner fenced before).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt worker1 airflow_health.restart worker
+        salt worker1 airflow_health.restart worker kill=True
+    """
+    try:
+        unit = _table_unit(name)
+    except ValueError as exc:
+        return {"result": False, "detail": str(exc)}
+    if enable:
+        ok, err = _systemctl("enable", unit, timeout=30)
+        if not ok:
+            return {"result": False, "unit": unit, "detail": err}
+    _systemctl("reset-failed", unit, timeout=30)  # fails harmlessly when not failed
+    if kill:
+        killed = kill_unit(name)
+        if not killed["result"]:
+            return {"result": False, "unit": unit, "detail": killed["detail"]}
+    ok, err = _systemctl("restart", unit)
+    return {"result": ok, "unit": unit, "detail": err}
+
+
+def start(name, enable=False):
+    """
+    Start daemon ``name`` (``reset-failed`` first, see ``restart``), enabling it first when
+    ``enable``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt master2 airflow_health.start scheduler enable=True
+    """
+    try:
+        unit = _table_unit(name)
+    except ValueError as exc:
+        return {"result": False, "detail": str(exc)}
+    if enable:
+        ok, err = _systemctl("enable", unit, timeout=30)
+        if not ok:
+            return {"result": False, "unit": unit, "detail": err}
+    _systemctl("reset-failed", unit, timeout=30)
+    ok, err = _systemctl("start", unit)
+    return {"result": ok, "unit": unit, "detail": err}
+
+
+def stop(name, disable=False):
+    """
+    Stop daemon ``name`` (and disable it when ``disable``: fencing a scheduler, so that no
+    reboot or highstate of this node starts it again before the runner allows it).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt master1 airflow_health.stop scheduler disable=True
+    """
+    try:
+        unit = _table_unit(name)
+    except ValueError as exc:
+        return {"result": False, "detail": str(exc)}
+    ok, err = _systemctl("stop", unit, timeout=75)
+    if ok and disable:
+        ok, err = _systemctl("disable", unit, timeout=30)
+    return {"result": ok, "unit": unit, "detail": err}
+
+
+def units():
+    """
+    systemd state of every daemon of this node's roles, one ``systemctl show`` per daemon and
+    no probe beyond systemd (what the periodic reconcile reads: cheap):
+    ``{daemon: {status, active_state, sub_state, enabled, starting}}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' airflow_health.units
+    """
+    out = {}
+    for daemon in _table("daemons_for_roles")(roles()):
+        svc = service(daemon)
+        unit = svc.get("unit")
+        enabled = None
+        if svc.get("status") != "error" and unit:
+            res = __salt__["cmd.run_all"](["systemctl", "is-enabled", unit], python_shell=False,
+                                          ignore_retcode=True, output_loglevel="quiet")
+            enabled = (res.get("stdout") or "").strip() == "enabled"
+        out[daemon] = {k: svc.get(k) for k in ("status", "active_state", "sub_state", "starting")}
+        out[daemon]["enabled"] = enabled
+    return out
 
 
 def kill_unit(name):

@@ -5,6 +5,7 @@ Operators: ``status``, ``maintenance``, ``audit_log``, ``active_scheduler``,
 ``failover_scheduler``, ``drain_api_server``, ``undrain_api_server``, ``reconcile_lb``,
 ``mark_deployed``, ``deploy_started`` (orch.deploy). Reactor (``reactor/*.sls``):
 ``remediate``, ``minion_started``, ``presence_changed``, ``key_deleted``, ``ignored``.
+The master's schedule: ``reconcile`` (periodic, level-triggered).
 
 This file is only the public surface. The work lives in Salt utility modules (``_utils/``,
 loaded through ``__utils__``), each handed what it needs:
@@ -18,6 +19,7 @@ loaded through ``__utils__``), each handed what it needs:
 * ``airflow_heal``      health events -> validated request -> service remediation
 * ``airflow_scheduler`` scheduler restart, failover and fencing
 * ``airflow_lb``        haproxy reconcile, drain, undrain
+* ``airflow_reconcile`` the periodic reconcile (what events drive vs. what is observed)
 
 Nothing from an event is trusted: the reactor hands raw values over, ``airflow_decide``
 checks the minion id, the daemon (table) and the role (master's grains cache), the daemon is
@@ -185,6 +187,12 @@ def presence_changed(new=None, lost=None):
         return gate
     result = {"result": "ok"}
     mode, active = ctx.placement(cache)
+    # a master that reconnects (e.g. a healed partition: no minion start event) while another
+    # one is active gets its scheduler fenced
+    fenced = {m: _util("airflow_scheduler.fence_returning")(ctx, m, cache)
+              for m in new if m in masters and ctx.core.must_fence_returning(mode, active, m)}
+    if fenced:
+        result["fence"] = fenced
     # presence is TCP based: confirm the node is really gone before moving anything
     if core.presence_failover(mode, active, lost) and not ctx.ops.present([active]):
         result["failover"] = _util("airflow_scheduler.failover")(
@@ -192,6 +200,35 @@ def presence_changed(new=None, lost=None):
     result["lb"] = _util("airflow_lb.reconcile")(
         ctx, reason=f"presence new={new} lost={lost}")
     return result
+
+
+def reconcile():
+    """
+    Periodic reconcile (the master's schedule ``airflow-reconcile`` runs it every interval):
+    compare what events drive with what is observed (scheduler placement and fencing, dead
+    or failed daemons, haproxy runtime states) and correct it through the same audited,
+    damped paths; a lost or suppressed event then costs at most one interval.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.reconcile
+    """
+    ctx = _context()
+    # no audit record when paused: this runs every interval
+    why = ctx.core.gate(ctx.store.flag("maintenance"), ctx.store.flag("deployed"),
+                        ctx.conf["require_deploy"])
+    if why:
+        return {"result": "skipped", "reason": why}
+    return _util("airflow_reconcile.reconcile")(
+        ctx,
+        heal={"remediate_service": _util("airflow_heal.remediate_service")},
+        scheduler={"remediate": _util("airflow_scheduler.remediate"),
+                   "fence": _util("airflow_scheduler.fence"),
+                   "fence_split_now": _util("airflow_scheduler.fence_split_now")},
+        lb={"lb_runtime": _util("airflow_lb.runtime")},
+    )
 
 
 # ====================================================================== operator verbs

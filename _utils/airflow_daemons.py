@@ -11,11 +11,18 @@ Columns:
     name   the daemon's name in events, audit records and the runner (``worker``)
     unit   its systemd unit (``airflow-worker``)
     role   the ``roles`` grain value that runs it (``airflow-worker``)
+    unit   its systemd unit (``airflow-worker``); ``{postgresql_version}`` is filled in from
+           the node settings (``unit_of(name, postgresql_version=15)``)
     probe  how its health is seen beyond systemd:
            ``unit``      systemd state only
            ``api``       HTTP health endpoint (``/api/v2/monitor/health``)
            ``heartbeat`` scheduler heartbeat in the metastore (cluster-wide)
            ``ping``      Celery ping of this node's worker through the broker
+           ``sql``       the database answers ``SELECT 1`` on the local socket
+           ``amqp``      the broker answers an AMQP 0-9-1 handshake on its port
+           ``socket``    haproxy answers ``show info`` on its admin socket
+    needs  daemons it cannot work without (its dependencies): a daemon that fails while one of
+           them is down is attributed to that dependency, not restarted or moved
 
 Pure data and pure functions: importable by Salt's utils loader and by plain Python (tests).
 """
@@ -27,15 +34,26 @@ import types
 __virtualname__ = "airflow_daemons"
 
 DAEMONS = (
-    {"name": "api-server", "unit": "airflow-api-server", "role": "airflow-master", "probe": "api"},
-    {"name": "scheduler", "unit": "airflow-scheduler", "role": "airflow-master", "probe": "heartbeat"},
-    {"name": "dag-processor", "unit": "airflow-dag-processor", "role": "airflow-master", "probe": "unit"},
-    {"name": "triggerer", "unit": "airflow-triggerer", "role": "airflow-master", "probe": "unit"},
-    {"name": "worker", "unit": "airflow-worker", "role": "airflow-worker", "probe": "ping"},
-    {"name": "flower", "unit": "airflow-flower", "role": "airflow-flower", "probe": "unit"},
-    {"name": "postgresql", "unit": "postgresql", "role": "airflow-db", "probe": "unit"},
-    {"name": "rabbitmq", "unit": "rabbitmq-server", "role": "airflow-broker", "probe": "unit"},
-    {"name": "haproxy", "unit": "haproxy", "role": "airflow-lb", "probe": "unit"},
+    {"name": "api-server", "unit": "airflow-api-server", "role": "airflow-master", "probe": "api",
+     "needs": ("postgresql",)},
+    {"name": "scheduler", "unit": "airflow-scheduler", "role": "airflow-master",
+     "probe": "heartbeat", "needs": ("postgresql",)},
+    {"name": "dag-processor", "unit": "airflow-dag-processor", "role": "airflow-master",
+     "probe": "unit", "needs": ("postgresql",)},
+    {"name": "triggerer", "unit": "airflow-triggerer", "role": "airflow-master", "probe": "unit",
+     "needs": ("postgresql",)},
+    # the Celery result backend is the metastore: a worker needs both
+    {"name": "worker", "unit": "airflow-worker", "role": "airflow-worker", "probe": "ping",
+     "needs": ("rabbitmq", "postgresql")},
+    {"name": "flower", "unit": "airflow-flower", "role": "airflow-flower", "probe": "unit",
+     "needs": ("rabbitmq",)},
+    # the real cluster unit (Debian's ``postgresql`` wrapper stays "active (exited)" when the
+    # postmaster dies); the version comes from the node settings (airflow:database)
+    {"name": "postgresql", "unit": "postgresql@{postgresql_version}-main", "role": "airflow-db",
+     "probe": "sql", "needs": ()},
+    {"name": "rabbitmq", "unit": "rabbitmq-server", "role": "airflow-broker", "probe": "amqp",
+     "needs": ()},
+    {"name": "haproxy", "unit": "haproxy", "role": "airflow-lb", "probe": "socket", "needs": ()},
 )
 
 #: Minion ids (and haproxy server names, which are minion ids): starts with a letter or digit,
@@ -57,8 +75,8 @@ def api():
 
 
 def table():
-    """The daemon table: a list of ``{name, unit, role, probe}`` dicts (copies)."""
-    return [dict(row) for row in DAEMONS]
+    """The daemon table: a list of ``{name, unit, role, probe, needs}`` dicts (copies)."""
+    return [dict(row, needs=list(row["needs"])) for row in DAEMONS]
 
 
 def names():
@@ -70,16 +88,30 @@ def get(name):
     """The row of daemon ``name`` (a copy), or None when it is not in the table."""
     for row in DAEMONS:
         if row["name"] == name:
-            return dict(row)
+            return dict(row, needs=list(row["needs"]))
     return None
 
 
-def unit_of(name):
-    """systemd unit of daemon ``name`` (KeyError when unknown)."""
+def unit_of(name, **facts):
+    """
+    systemd unit of daemon ``name`` (KeyError when unknown), its placeholders filled from
+    ``facts`` (``postgresql_version``; KeyError naming the fact when one is missing).
+    """
     row = get(name)
     if row is None:
         raise KeyError(f"unknown daemon {name!r}")
-    return row["unit"]
+    try:
+        return row["unit"].format(**facts)
+    except KeyError as exc:
+        raise KeyError(f"unit of {name!r} needs {exc.args[0]!r}") from None
+
+
+def needs(name):
+    """Dependencies of daemon ``name`` (daemon names, table order); KeyError when unknown."""
+    row = get(name)
+    if row is None:
+        raise KeyError(f"unknown daemon {name!r}")
+    return list(row["needs"])
 
 
 def role_of(name):

@@ -53,7 +53,8 @@ _FALSE = ("false", "no", "off", "0")
 
 SCHEDULER_MODES = ("active-standby", "active-active")
 #: Statuses a health event may claim (audited as ``claimed``; never acted on).
-CLAIMABLE_STATUSES = ("ok", "dead", "hung", "restarting", "unknown", "absent", "error")
+CLAIMABLE_STATUSES = ("ok", "dead", "hung", "restarting", "unknown", "absent", "error",
+                      "blocked", "split")
 #: The scheduler's healthy standby must run these to be elected.
 CANDIDATE_NEEDS = ("api-server", "dag-processor")
 
@@ -248,6 +249,31 @@ def decide_service(table, daemon, probe):
     return "wait"  # restarting: systemd is on it; unknown/absent/error: no evidence
 
 
+def dependency_down(table, daemon, dependency_health):
+    """
+    The first dependency of ``daemon`` (table column ``needs``) that is not healthy, else None.
+    ``dependency_health``: {dependency: ok | dead | None}; None (nobody could tell, e.g. an
+    external database without a db minion) is no evidence and does not block.
+    """
+    for dep in table.get(daemon)["needs"]:
+        if (dependency_health or {}).get(dep) == "dead":
+            return dep
+    return None
+
+
+def dependency_status(answers, nodes):
+    """
+    Health of one dependency from the ``airflow_health.probe`` answers of the nodes that run
+    it: ok when any answers ok, dead when none does (a node that does not answer cannot serve
+    it either), None when no node runs it (external: no evidence).
+    """
+    if not nodes:
+        return None
+    ok = any(isinstance((answers or {}).get(n), dict) and answers[n].get("status") == "ok"
+             for n in nodes)
+    return "ok" if ok else "dead"
+
+
 def probe_ok(probe):
     """Did a re-probe after a restart find the daemon healthy?"""
     return isinstance(probe, dict) and probe.get("status") == "ok"
@@ -369,14 +395,14 @@ def elect_master(candidates, failed=None):
     return None
 
 
-def fencing_outcome(stop_ret, disable_ret):
+def fencing_outcome(stop_ret):
     """
-    Outcome of fencing a scheduler from the LocalClient returns of service.stop and
-    service.disable (None = no answer): fenced | unreachable | failed.
+    Outcome of fencing a scheduler from the LocalClient return of ``airflow_health.stop
+    scheduler disable=True`` (None = no answer): fenced | unreachable | failed.
     """
-    if stop_ret is None and disable_ret is None:
+    if stop_ret is None:
         return "unreachable"
-    if stop_ret is True and disable_ret is True:
+    if isinstance(stop_ret, dict) and stop_ret.get("result") is True:
         return "fenced"
     return "failed"
 
@@ -429,6 +455,53 @@ def runs_scheduler(heartbeat, names):
 def must_fence_returning(mode, active, minion):
     """A (re)started master that is not the active scheduler gets its scheduler fenced."""
     return mode != "active-active" and bool(active) and active != minion
+
+
+def split_targets(mode, active, heartbeat, names_by_master):
+    """
+    Masters to fence because their scheduler heartbeats although another master is the
+    active one (active-standby; e.g. a partition healed with the old scheduler still running).
+    ``names_by_master``: {minion: node_names}. Sorted; empty in active-active mode.
+    """
+    if mode == "active-active" or not active:
+        return []
+    fresh = fresh_hosts(heartbeat)
+    return sorted(m for m, names in (names_by_master or {}).items()
+                  if m != active and any(host_matches(h, names) for h in fresh))
+
+
+def reconcile_plan(table, mode, active, units_by_minion, roles_by_minion):
+    """
+    The periodic reconcile (level-triggered: what the events drive, compared with what is
+    observed). ``units_by_minion``: {minion: ``airflow_health.units``} of the nodes that
+    answered; ``roles_by_minion``: {minion: roles} from the master's grains cache.
+
+    Returns sorted ``[(minion, daemon, action)]``:
+    * ``fence``: a standby master's scheduler runs or is enabled (active-standby);
+    * ``scheduler``: the active master's scheduler is not running (the scheduler concern
+      decides: restart there, or fail over);
+    * ``remediate``: any other daemon of the node's roles is dead (failed or stopped).
+    Units systemd is handling (restarting) and unanswered nodes are left alone.
+    """
+    plan = []
+    for minion, units in sorted((units_by_minion or {}).items()):
+        if not isinstance(units, dict) or not table.valid_minion_id(minion):
+            continue
+        mine = set(table.daemons_for_roles((roles_by_minion or {}).get(minion) or []))
+        for daemon, unit in sorted(units.items()):
+            if daemon not in mine or not isinstance(unit, dict):
+                continue
+            status = unit.get("status")
+            if daemon == "scheduler" and mode != "active-active":
+                if minion != active:
+                    if status in ("ok", "restarting") or unit.get("enabled"):
+                        plan.append((minion, daemon, "fence"))
+                elif status == "dead":
+                    plan.append((minion, daemon, "scheduler"))
+                continue
+            if status == "dead":
+                plan.append((minion, daemon, "remediate"))
+    return plan
 
 
 def presence_failover(mode, active, lost):

@@ -4,7 +4,9 @@ Health events and service remediation (Salt utility module ``airflow_heal``, mas
 ``check_request`` turns the raw values the reactor hands on (master-authenticated minion id,
 event tag, claimed daemon and status) into a validated request or an audited ``ignored``.
 ``remediate_service`` re-probes a daemon on its node, decides (``airflow_decide``), and
-restarts it (SIGKILL first for a hung worker), damped and audited. The scheduler and the
+restarts it (SIGKILL first for a hung worker), damped and audited, unless one of its
+dependencies (the metastore, the broker) is down: that is audited as ``blocked`` and costs
+no attempt (``blocked_by``). The scheduler and the
 api-server have their own concerns (``airflow_scheduler``, ``airflow_lb``).
 
 Every function takes the runner's ``Context`` (``airflow_ops``) first.
@@ -44,6 +46,18 @@ def check_request(ctx, minion, daemon, tag=None, tag_minion=None, claimed=None):
     return None, {"result": "ignored", "reason": reason}
 
 
+def blocked_by(ctx, minion, daemon, **extra):
+    """
+    The dependency that explains ``daemon``'s failure on ``minion`` (audited as ``blocked``:
+    no remediation attempt, no damping, no failover), else None.
+    """
+    dep = ctx.core.dependency_down(ctx.table, daemon, ctx.dependency_health(daemon))
+    if dep:
+        ctx.audit("blocked", minion, daemon, f"dependency {dep} is down", "blocked",
+                  dependency=dep, **extra)
+    return dep
+
+
 def remediate_service(ctx, minion, daemon, claimed=None):
     """
     Re-probe ``daemon`` on ``minion`` and restart it if it is dead or hung (one at a time per
@@ -68,6 +82,9 @@ def remediate_service(ctx, minion, daemon, claimed=None):
             return {"result": "ignored", "reason": "healthy on re-probe"}
         if action == "wait":
             return {"result": "wait", "status": status}
+        dep = blocked_by(ctx, minion, daemon, **extra)
+        if dep:
+            return {"result": "blocked", "dependency": dep}
         if not ctx.restart_allowed(minion, daemon):
             ctx.damped(minion, daemon)
             return {"result": "damped"}
@@ -76,9 +93,10 @@ def remediate_service(ctx, minion, daemon, claimed=None):
                       **extra)
             return {"result": "dry-run", "action": action}
         start = clock.now()
-        if action == "kill-restart":
-            ctx.ops.one(minion, "airflow_health.kill_unit", [daemon])
-        ctx.ops.one(minion, "service.restart", [ctx.table.unit_of(daemon)], timeout=90)
+        # reset-failed first (a unit in start-limit state refuses to start), SIGKILL first
+        # for a hung daemon (it ignores SIGTERM)
+        ctx.ops.one(minion, "airflow_health.restart", [daemon],
+                    kwarg={"kill": action == "kill-restart"}, timeout=90)
         outcome = "failed"
         deadline = clock.now() + conf["worker_verify_timeout"]
         while clock.now() < deadline:

@@ -124,3 +124,18 @@ def undrain(ctx, server):
         ctx.ops.one(lb, "airflow_health.haproxy_set_server", [server, "ready"])
     ctx.audit("undrain", server, "api-server", "back in service", "ready")
     return {"result": "ready", "server": server}
+
+
+def runtime(ctx, grains_cache, present):
+    """
+    The lb fast path alone (periodic reconcile): haproxy's runtime server states follow the
+    api-servers' health; no mine update, no state run, no reload. Returns the actions taken.
+    """
+    masters = ctx.minions_running("api-server", grains_cache)
+    lbs = [m for m in ctx.minions_running("haproxy", grains_cache) if m in present]
+    if not lbs or ctx.conf["dry_run"]:
+        return {}
+    health = _api_health(ctx, masters, [m for m in masters if m in present])
+    actions = {}
+    _set_runtime_states(ctx, lbs, health, ctx.store.drained(), actions)
+    return actions

@@ -154,6 +154,20 @@ class Context:
         cache = self.ops.grains_cache() if grains_cache is None else grains_cache
         return self.core.minions_with_role(cache, self.role_of(daemon))
 
+    def dependency_health(self, daemon, grains_cache=None):
+        """
+        {dependency: ok | dead | None} of ``daemon``'s dependencies (table column ``needs``),
+        each probed on the nodes whose role runs it (None: no such node, e.g. external).
+        """
+        cache = self.ops.grains_cache() if grains_cache is None else grains_cache
+        health = {}
+        for dep in self.table.needs(daemon):
+            nodes = self.minions_running(dep, cache)
+            answers = self.ops.cmd(nodes, "airflow_health.probe", [dep], tgt_type="list",
+                                   timeout=self.conf["ping_timeout"] + 8) if nodes else {}
+            health[dep] = self.core.dependency_status(answers, nodes)
+        return health
+
     def valid_minion(self, minion, what):
         """A minion id fit to act on; anything else is audited as ignored."""
         if self.table.valid_minion_id(minion):

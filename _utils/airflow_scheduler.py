@@ -37,19 +37,44 @@ def _heartbeat(ctx, minion):
 def _fence(ctx, minion, reachable):
     """Stop and disable the scheduler unit of ``minion``: fenced | failed | unreachable."""
     if not (minion and reachable):
-        return ctx.core.fencing_outcome(None, None)
-    unit = ctx.table.unit_of("scheduler")
-    stop = ctx.ops.one(minion, "service.stop", [unit], timeout=60)
-    disable = ctx.ops.one(minion, "service.disable", [unit], timeout=30)
-    return ctx.core.fencing_outcome(stop, disable)
+        return ctx.core.fencing_outcome(None)
+    return ctx.core.fencing_outcome(ctx.ops.one(
+        minion, "airflow_health.stop", ["scheduler"], kwarg={"disable": True}, timeout=90))
+
+
+def fence_split(ctx, heartbeat, grains_cache, mode, active, why):
+    """
+    Fence every standby master whose scheduler heartbeats (``split_targets``); call with the
+    scheduler lock held. Returns {minion: fencing outcome}.
+    """
+    masters = ctx.minions_running("scheduler", grains_cache)
+    names = {m: ctx.core.node_names(m, grains_cache.get(m)) for m in masters}
+    fenced = {}
+    for minion in ctx.core.split_targets(mode, active, heartbeat, names):
+        fenced[minion] = _fence(ctx, minion, True)
+        ctx.audit("fence", minion, "scheduler", f"{why}: a second scheduler heartbeats, "
+                  f"active is {active}", fenced[minion])
+        ctx.ops.fire(f"airflow/healing/scheduler/fence", {"minion": minion, "active": active,
+                                                          "outcome": fenced[minion]})
+    return fenced
 
 
 def remediate(ctx, reporter, grains_cache, claimed=None):
     """A master reported the scheduler unhealthy: re-probe, decide, act."""
+    with ctx.store.lock("scheduler") as got:
+        if not got:
+            return {"result": "in-progress"}  # a failover, restart or fence is running
+        return _remediate_locked(ctx, reporter, grains_cache, claimed)
+
+
+def _remediate_locked(ctx, reporter, grains_cache, claimed):
     core = ctx.core
     extra = {"claimed": core.claimed_status(claimed)} if core.claimed_status(claimed) else {}
-    mode, active = ctx.placement(grains_cache)
+    mode, active = ctx.placement(grains_cache)  # re-read inside the lock
     heartbeat = _heartbeat(ctx, reporter) if mode != "active-active" else None
+    if mode != "active-active" and fence_split(ctx, heartbeat, grains_cache, mode, active,
+                                               f"event from {reporter}"):
+        return {"result": "fenced"}
     reachable, unit, allowed = False, None, True
     if core.needs_active_probe(mode, heartbeat) and active:
         reachable = bool(ctx.ops.present([active]))
@@ -71,26 +96,41 @@ def remediate(ctx, reporter, grains_cache, claimed=None):
         ctx.audit("ignored", reporter, "scheduler", "re-probe: heartbeat fresh", "ignored",
                   **extra)
         return {"result": "ignored", "reason": "heartbeat fresh"}
-    if action in ("wait", "unknown"):
+    if action == "wait":
+        return {"result": action}
+    # the metastore down explains a missing or unreadable heartbeat: never a failover
+    dep = _util_blocked(ctx, reporter, **extra)
+    if dep:
+        return {"result": "blocked", "dependency": dep}
+    if action == "unknown":
         return {"result": action}
     if action == "restart":
-        with ctx.store.lock(f"{active}-scheduler") as got:
-            if not got:
-                return {"result": "in-progress"}
-            if ctx.conf["dry_run"]:
-                ctx.audit("restart", active, "scheduler", "no heartbeat", "dry-run",
-                          attempt=True, **extra)
-                return {"result": "dry-run"}
-            ctx.ops.one(active, "service.restart", [ctx.table.unit_of("scheduler")], timeout=90)
-            ctx.audit("restart", active, "scheduler",
-                      f"no heartbeat ({hb_status}), unit {unit_status}", "restarted",
+        if ctx.conf["dry_run"]:
+            ctx.audit("restart", active, "scheduler", "no heartbeat", "dry-run",
                       attempt=True, **extra)
-            return {"result": "restarted"}
+            return {"result": "dry-run"}
+        # enable too: the active master's scheduler may have been fenced before
+        ctx.ops.one(active, "airflow_health.restart", ["scheduler"], kwarg={"enable": True},
+                    timeout=90)
+        ctx.audit("restart", active, "scheduler",
+                  f"no heartbeat ({hb_status}), unit {unit_status}", "restarted",
+                  attempt=True, **extra)
+        return {"result": "restarted"}
     if action == "failover-damped":
         ctx.damped(active, "scheduler")  # restarted too often on the same node: move it
-    return failover(ctx, reason=f"no scheduler heartbeat ({hb_status}), active {active} "
-                                f"reachable={reachable} unit={unit_status}",
-                    failed=active, failed_reachable=reachable)
+    return _failover_locked(ctx, reason=f"no scheduler heartbeat ({hb_status}), active "
+                                        f"{active} reachable={reachable} unit={unit_status}",
+                            failed=active, failed_reachable=reachable)
+
+
+def _util_blocked(ctx, reporter, **extra):
+    """The scheduler's dependency that is down (audited as blocked), else None."""
+    dep = ctx.core.dependency_down(ctx.table, "scheduler",
+                                   ctx.dependency_health("scheduler"))
+    if dep:
+        ctx.audit("blocked", reporter, "scheduler", f"dependency {dep} is down", "blocked",
+                  dependency=dep, **extra)
+    return dep
 
 
 def _wait_until_safe(ctx, fence, new, old_names):
@@ -120,62 +160,66 @@ def _verify(ctx, new, names):
 
 def failover(ctx, reason="manual", failed=None, failed_reachable=None):
     """Move the active scheduler (active-standby) to a healthy master, fencing the old one."""
-    core, ops, clock, table = ctx.core, ctx.ops, ctx.clock, ctx.table
+    table = ctx.table
     if failed is not None and not table.valid_minion_id(failed):
         return {"result": "error", "reason": "invalid minion id"}
-    with ctx.store.lock("failover") as got:
+    with ctx.store.lock("scheduler") as got:
         if not got:
             return {"result": "in-progress"}
-        start = clock.now()
-        cache = ops.grains_cache()
-        mode, active = ctx.placement(cache)
-        if mode == "active-active":
-            return {"result": "ignored", "reason": "active-active"}
-        failed = failed or active
-        masters = ctx.minions_running("scheduler", cache)
-        # ping the others first (fast: all answer), the failed one only if its state is unknown
-        others = ops.present([m for m in masters if m != failed])
-        if failed_reachable is None:
-            failed_reachable = bool(failed) and bool(ops.present([failed]))
-        old_names = core.node_names(failed, cache.get(failed))
-        heartbeat = _heartbeat(ctx, others[0]) if others else None
-        if not core.failover_needed(heartbeat, old_names, manual=reason == "manual"):
-            ctx.audit("failover", failed, "scheduler", reason, "not-needed")
-            return {"result": "not-needed", "heartbeat": heartbeat}
-        candidates = {
-            m: core.candidate(ops.one(m, "airflow_health.check", [],
-                                      timeout=ctx.conf["probe_timeout"]))
-            for m in others
-        }
-        new = core.elect_master(candidates, failed)
-        if not new:
-            ctx.audit("failover", failed, "scheduler", reason, "no-candidate",
-                      candidates=candidates)
-            ops.fire("airflow/alert/scheduler/no-candidate", {"reason": reason})
-            return {"result": "no-candidate", "candidates": candidates}
-        if ctx.conf["dry_run"]:
-            ctx.audit("failover", failed, "scheduler", reason, "dry-run", new=new)
-            return {"result": "dry-run", "new": new}
-        fence = _fence(ctx, failed, failed_reachable)
-        verdict, heartbeat = _wait_until_safe(ctx, fence, new, old_names)
-        if verdict != "start":
-            ctx.audit("failover", failed, "scheduler", reason, "refused-two-schedulers",
-                      fence=fence, new=new)
-            ops.fire("airflow/alert/scheduler/fence-failed", {"old": failed, "new": new})
-            return {"result": "refused", "fence": fence, "heartbeat": heartbeat}
-        # persist (later highstates keep it), then start it right away
-        ctx.store.write_runtime_pillar(core.runtime_pillar_text(table, new))
-        unit = table.unit_of("scheduler")
-        ops.one(new, "service.enable", [unit], timeout=30)
-        ops.one(new, "service.start", [unit], timeout=60)
-        ops.cmd_async(others, "saltutil.refresh_pillar")
-        outcome = _verify(ctx, new, core.node_names(new, cache.get(new)))
-        took = round(clock.now() - start, 1)
-        ctx.audit("failover", failed, "scheduler", reason, outcome, new=new, fence=fence,
-                  seconds=took)
-        ops.fire("airflow/healing/scheduler/failover",
-                 {"old": failed, "new": new, "fence": fence, "outcome": outcome})
-        return {"result": outcome, "old": failed, "new": new, "fence": fence, "seconds": took}
+        return _failover_locked(ctx, reason, failed, failed_reachable)
+
+
+def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
+    """failover() with the scheduler lock held (placement is read here, inside it)."""
+    core, ops, clock = ctx.core, ctx.ops, ctx.clock
+    start = clock.now()
+    cache = ops.grains_cache()
+    mode, active = ctx.placement(cache)
+    if mode == "active-active":
+        return {"result": "ignored", "reason": "active-active"}
+    failed = failed or active
+    masters = ctx.minions_running("scheduler", cache)
+    # ping the others first (fast: all answer), the failed one only if its state is unknown
+    others = ops.present([m for m in masters if m != failed])
+    if failed_reachable is None:
+        failed_reachable = bool(failed) and bool(ops.present([failed]))
+    old_names = core.node_names(failed, cache.get(failed))
+    heartbeat = _heartbeat(ctx, others[0]) if others else None
+    if not core.failover_needed(heartbeat, old_names, manual=reason == "manual"):
+        ctx.audit("failover", failed, "scheduler", reason, "not-needed")
+        return {"result": "not-needed", "heartbeat": heartbeat}
+    candidates = {
+        m: core.candidate(ops.one(m, "airflow_health.check", [],
+                                  timeout=ctx.conf["probe_timeout"]))
+        for m in others
+    }
+    new = core.elect_master(candidates, failed)
+    if not new:
+        ctx.audit("failover", failed, "scheduler", reason, "no-candidate",
+                  candidates=candidates)
+        ops.fire("airflow/alert/scheduler/no-candidate", {"reason": reason})
+        return {"result": "no-candidate", "candidates": candidates}
+    if ctx.conf["dry_run"]:
+        ctx.audit("failover", failed, "scheduler", reason, "dry-run", new=new)
+        return {"result": "dry-run", "new": new}
+    fence = _fence(ctx, failed, failed_reachable)
+    verdict, heartbeat = _wait_until_safe(ctx, fence, new, old_names)
+    if verdict != "start":
+        ctx.audit("failover", failed, "scheduler", reason, "refused-two-schedulers",
+                  fence=fence, new=new)
+        ops.fire("airflow/alert/scheduler/fence-failed", {"old": failed, "new": new})
+        return {"result": "refused", "fence": fence, "heartbeat": heartbeat}
+    # persist (later highstates keep it), then start it right away
+    ctx.store.write_runtime_pillar(core.runtime_pillar_text(ctx.table, new))
+    ops.one(new, "airflow_health.start", ["scheduler"], kwarg={"enable": True}, timeout=90)
+    ops.cmd_async(others, "saltutil.refresh_pillar")
+    outcome = _verify(ctx, new, core.node_names(new, cache.get(new)))
+    took = round(clock.now() - start, 1)
+    ctx.audit("failover", failed, "scheduler", reason, outcome, new=new, fence=fence,
+              seconds=took)
+    ops.fire("airflow/healing/scheduler/failover",
+             {"old": failed, "new": new, "fence": fence, "outcome": outcome})
+    return {"result": outcome, "old": failed, "new": new, "fence": fence, "seconds": took}
 
 
 def fence_returning(ctx, minion, grains_cache):
@@ -183,9 +227,39 @@ def fence_returning(ctx, minion, grains_cache):
     A (re)started master: if another master is the active scheduler, stop and disable this
     one's scheduler. Returns the fencing outcome, or None when there is nothing to fence.
     """
-    mode, active = ctx.placement(grains_cache)
-    if not ctx.core.must_fence_returning(mode, active, minion):
-        return None
-    fence = _fence(ctx, minion, True)
-    ctx.audit("fence", minion, "scheduler", f"returning master, active is {active}", fence)
-    return fence
+    with ctx.store.lock("scheduler") as got:
+        if not got:
+            return "busy"  # never wait in a reactor thread: the periodic reconcile fences it
+        mode, active = ctx.placement(grains_cache)  # re-read inside the lock
+        if not ctx.core.must_fence_returning(mode, active, minion):
+            return None
+        fence = _fence(ctx, minion, True)
+        ctx.audit("fence", minion, "scheduler", f"returning master, active is {active}", fence)
+        return fence
+
+
+def fence(ctx, minion):
+    """
+    Fence the scheduler of a standby master (periodic reconcile: it runs or is enabled
+    although another master is the active one). Placement is re-read inside the lock.
+    """
+    with ctx.store.lock("scheduler") as got:
+        if not got:
+            return "busy"
+        mode, active = ctx.placement()
+        if not ctx.core.must_fence_returning(mode, active, minion):
+            return None
+        outcome = _fence(ctx, minion, True)
+        ctx.audit("fence", minion, "scheduler", f"standby master, active is {active}", outcome)
+        return outcome
+
+
+def fence_split_now(ctx, via, grains_cache):
+    """Read the heartbeats through master ``via`` and fence any second scheduler (locked)."""
+    with ctx.store.lock("scheduler") as got:
+        if not got:
+            return {}
+        mode, active = ctx.placement(grains_cache)
+        if mode == "active-active":
+            return {}
+        return fence_split(ctx, _heartbeat(ctx, via), grains_cache, mode, active, "reconcile")

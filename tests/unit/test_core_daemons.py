@@ -13,8 +13,14 @@ _spec.loader.exec_module(T)
 def test_table_shape_and_copies():
     rows = T.table()
     assert [r["name"] for r in rows] == T.names()
-    assert all(set(r) == {"name", "unit", "role", "probe"} for r in rows)
-    assert {r["probe"] for r in rows} == {"unit", "api", "heartbeat", "ping"}
+    assert all(set(r) == {"name", "unit", "role", "probe", "needs"} for r in rows)
+    assert {r["probe"] for r in rows} == {"unit", "api", "heartbeat", "ping", "sql", "amqp",
+                                          "socket"}
+    # dependencies are daemons of the table, and the stateful tier depends on nothing
+    assert all(set(r["needs"]) <= set(T.names()) for r in rows)
+    assert all(not T.needs(d) for d in ("postgresql", "rabbitmq", "haproxy"))
+    rows[0]["needs"].append("evil")
+    assert "evil" not in T.table()[0]["needs"]
     rows[0]["unit"] = "evil"
     assert T.table()[0]["unit"] != "evil"            # callers get copies
     assert T.__virtual__() == "airflow_daemons"
@@ -22,7 +28,13 @@ def test_table_shape_and_copies():
 
 def test_lookups():
     assert T.get("worker") == {"name": "worker", "unit": "airflow-worker",
-                               "role": "airflow-worker", "probe": "ping"}
+                               "role": "airflow-worker", "probe": "ping",
+                               "needs": ["rabbitmq", "postgresql"]}
+    assert T.unit_of("postgresql", postgresql_version=15) == "postgresql@15-main"
+    with pytest.raises(KeyError, match="postgresql_version"):
+        T.unit_of("postgresql")
+    with pytest.raises(KeyError):
+        T.needs("sshd")
     assert T.get("sshd") is None
     assert T.unit_of("rabbitmq") == "rabbitmq-server" and T.role_of("haproxy") == "airflow-lb"
     with pytest.raises(KeyError):

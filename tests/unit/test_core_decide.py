@@ -278,11 +278,11 @@ def test_candidate_and_election():
     assert D.elect_master({}, failed="master1") is None and D.elect_master(None) is None
 
 
-@pytest.mark.parametrize("stop,disable,outcome", [
-    (True, True, "fenced"), (None, None, "unreachable"), (False, True, "failed"),
-    ("ERROR: ...", None, "failed"), (True, None, "failed")])
-def test_fencing_outcome(stop, disable, outcome):
-    assert D.fencing_outcome(stop, disable) == outcome
+@pytest.mark.parametrize("stop,outcome", [
+    ({"result": True}, "fenced"), (None, "unreachable"), ({"result": False}, "failed"),
+    ("ERROR: ...", "failed"), (True, "failed")])
+def test_fencing_outcome(stop, outcome):
+    assert D.fencing_outcome(stop) == outcome
 
 
 def test_fence_wait_until_uses_the_reported_staleness():
@@ -417,3 +417,58 @@ def test_lb_apply_ok():
     assert not D.lb_apply_ok({"infra": "ERROR"}, ["infra"])
     assert not D.lb_apply_ok({}, ["infra"])
     assert D.lb_apply_ok({}, []) and D.lb_apply_ok(None, None)
+
+
+# ---------------------------------------------------------------- dependencies, split, reconcile
+def test_dependency_down_and_status():
+    health = {"postgresql": "dead", "rabbitmq": "ok"}
+    assert D.dependency_down(T, "worker", health) == "postgresql"
+    assert D.dependency_down(T, "flower", health) is None
+    assert D.dependency_down(T, "scheduler", {"postgresql": None}) is None  # no evidence
+    assert D.dependency_down(T, "postgresql", health) is None and D.dependency_down(
+        T, "worker", None) is None
+    assert D.dependency_status({"infra": {"status": "ok"}}, ["infra"]) == "ok"
+    assert D.dependency_status({"infra": {"status": "dead"}, "db2": "x"}, ["infra", "db2"]) == "dead"
+    assert D.dependency_status({}, ["infra"]) == "dead"  # the db node does not answer
+    assert D.dependency_status(None, []) is None
+
+
+def test_split_targets():
+    names = {"master1": {"master1", "master1.lab"}, "master2": {"master2"}}
+    hb = {"status": "ok", "fresh": ["master1.lab", "master2"]}
+    assert D.split_targets("active-standby", "master2", hb, names) == ["master1"]
+    assert D.split_targets("active-standby", "master1", hb, names) == ["master2"]
+    assert D.split_targets("active-standby", "master2", {"fresh": ["master2"]}, names) == []
+    assert D.split_targets("active-active", "master2", hb, names) == []
+    assert D.split_targets("active-standby", None, hb, names) == []
+    assert D.split_targets("active-standby", "master2", None, names) == []
+
+
+def test_reconcile_plan():
+    roles = {"master1": ["airflow-master"], "master2": ["airflow-master"],
+             "worker1": ["airflow-worker"], "bad id": ["airflow-worker"]}
+    ok = {"status": "ok", "enabled": True}
+    units = {
+        "master1": {"scheduler": {"status": "dead", "enabled": False}, "api-server": ok,
+                    "triggerer": {"status": "dead"}, "dag-processor": {"status": "restarting"}},
+        "master2": {"scheduler": {"status": "dead", "enabled": True}, "api-server": ok},
+        "worker1": {"worker": {"status": "dead"}, "scheduler": {"status": "dead"}, "x": "junk"},
+        "bad id": {"worker": {"status": "dead"}},
+        "infra": "no answer",
+    }
+    assert D.reconcile_plan(T, "active-standby", "master1", units, roles) == [
+        ("master1", "scheduler", "scheduler"), ("master1", "triggerer", "remediate"),
+        ("master2", "scheduler", "fence"), ("worker1", "worker", "remediate")]
+    units["master2"]["scheduler"] = {"status": "ok", "enabled": False}
+    units["master1"]["scheduler"] = ok
+    assert D.reconcile_plan(T, "active-standby", "master1", units, roles)[0] == (
+        "master1", "triggerer", "remediate")
+    assert ("master2", "scheduler", "fence") in D.reconcile_plan(
+        T, "active-standby", "master1", units, roles)
+    units["master2"]["scheduler"] = {"status": "dead", "enabled": False}
+    assert ("master2", "scheduler", "fence") not in D.reconcile_plan(
+        T, "active-standby", "master1", units, roles)
+    # active-active: every scheduler is an ordinary daemon
+    assert ("master2", "scheduler", "remediate") in D.reconcile_plan(
+        T, "active-active", "master1", units, roles)
+    assert D.reconcile_plan(T, "active-standby", "master1", None, None) == []

@@ -28,7 +28,8 @@ ah.__utils__ = {f"airflow_daemons.{n}": f for n, f in vars(table).items()
 NODE = {"home": "/opt/airflow", "venv": "/opt/airflow/venv", "airflow_cfg": "/opt/airflow/airflow.cfg",
         "api_server_port": 8081, "haproxy_socket": "/run/haproxy/admin.sock",
         "haproxy_backend": "airflow_api", "heartbeat_stale": 15, "start_grace": 20,
-        "worker_ping_timeout": 2}
+        "worker_ping_timeout": 2, "postgresql_version": 15, "database_port": 5432,
+        "broker_port": 5672, "scheduler_mode": "active-standby"}
 
 
 @pytest.fixture
@@ -266,7 +267,8 @@ def test_settings_file_is_the_contract():
     assert ah.SETTINGS_FILE == "/etc/salt/airflow_health.json"
     assert set(ah.SETTINGS_KEYS) == {"home", "venv", "airflow_cfg", "api_server_port",
                                      "haproxy_socket", "haproxy_backend", "heartbeat_stale",
-                                     "start_grace", "worker_ping_timeout"}
+                                     "start_grace", "worker_ping_timeout", "postgresql_version",
+                                     "database_port", "broker_port", "scheduler_mode"}
 
 
 def test_probes_without_node_settings_say_so(no_node, monkeypatch):
@@ -314,7 +316,8 @@ def test_api_server_uses_the_configured_port(node):
     assert get.call_args[0][0] == "http://127.0.0.1:8081/api/v2/monitor/health"
     resp.json.return_value = {"metadatabase": {"status": "unhealthy"}}
     with mock.patch.object(requests, "get", return_value=resp):
-        assert ah.api_server(url="http://x/")["status"] == "down"
+        res = ah.api_server(url="http://x/")
+        assert res["status"] == "blocked" and res["dependency"] == "postgresql"
     resp.json.side_effect = ValueError
     resp.text = "<html>"
     with mock.patch.object(requests, "get", return_value=resp):
@@ -350,10 +353,11 @@ def test_probe_scheduler_maps_heartbeat(monkeypatch):
 
 def test_probe_api_server_and_plain_units(monkeypatch):
     monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok"})
-    for api, status in (("ok", "ok"), ("down", "dead"), ("error", "unknown")):
+    for api, status in (("ok", "ok"), ("down", "dead"), ("error", "unknown"),
+                        ("blocked", "blocked")):
         monkeypatch.setattr(ah, "api_server", lambda api=api: {"status": api})
         assert ah.probe("api-server")["status"] == status
-    assert ah.probe("postgresql")["status"] == "ok"
+    assert ah.probe("flower")["status"] == "ok"
     monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "dead"})
     assert ah.probe("api-server")["status"] == "dead"
 
@@ -401,3 +405,106 @@ def test_missing_daemon_table_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(ah, "__utils__", {}, raising=False)
     with pytest.raises(CommandExecutionError, match="saltutil.sync_all"):
         ah.daemons()
+
+
+# ---------------------------------------------------------------- stateful tier, split, actions
+def test_stateful_probes_by_kind(node, monkeypatch):
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok", "starting": False})
+    calls = []
+    ah.__salt__ = {"cmd.run_all": lambda argv, **kw: calls.append(argv) or
+                   {"retcode": 0, "stdout": "1\n", "stderr": ""}}
+    assert ah.probe("postgresql")["status"] == "ok"
+    assert calls[-1][:4] == ["runuser", "-u", "postgres", "--"] and "5432" in calls[-1]
+    ah.__salt__ = {"cmd.run_all": lambda argv, **kw: {"retcode": 2, "stdout": "",
+                                                       "stderr": "connection refused"}}
+    res = ah.probe("postgresql")
+    assert res["status"] == "dead" and "refused" in res["sql"]["detail"]
+    monkeypatch.setattr(ah, "_amqp_handshake", lambda h, p, t: (h, p) == ("127.0.0.1", 5672))
+    assert ah.probe("rabbitmq")["status"] == "ok"
+    monkeypatch.setattr(ah, "_amqp_handshake", mock.Mock(side_effect=ConnectionRefusedError()))
+    assert ah.probe("rabbitmq")["status"] == "dead"
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok", "starting": True})
+    assert ah.probe("rabbitmq")["status"] == "restarting"  # still opening its port
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok", "starting": False})
+    monkeypatch.setattr(ah, "_haproxy_cmd", lambda c, p, timeout=3: "Name: HAProxy\nPid: 7\n")
+    assert ah.probe("haproxy")["status"] == "ok"
+    monkeypatch.setattr(ah, "_haproxy_cmd", mock.Mock(side_effect=FileNotFoundError()))
+    assert ah.probe("haproxy")["status"] == "dead"
+
+
+def test_amqp_handshake_reads_connection_start():
+    import socket as s
+    server = s.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    import threading
+
+    def serve(reply):
+        conn, _ = server.accept()
+        assert conn.recv(8) == b"AMQP\x00\x00\x09\x01"
+        conn.sendall(reply)
+        conn.close()
+
+    for reply, ok in ((b"\x01\x00\x00\x00\x00\x01\xc8\x00\x0a\x00\x0a", True),
+                      (b"AMQP\x00\x00\x09\x01", False)):
+        t = threading.Thread(target=serve, args=(reply,))
+        t.start()
+        assert ah._amqp_handshake("127.0.0.1", port, 3) is ok
+        t.join()
+    server.close()
+
+
+def test_postgresql_unit_from_node_settings(node, no_node=None):
+    node(postgresql_version=16)
+    assert ah._unit("postgresql") == "postgresql@16-main"
+    assert ah._unit("worker") == "airflow-worker" and ah._unit("ssh") == "ssh"
+
+
+def test_postgresql_unit_without_settings(no_node):
+    assert ah._unit("postgresql") is None
+    assert ah.service("postgresql")["status"] == "error"
+
+
+def test_split_heartbeat_only_in_active_standby(node, monkeypatch):
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok"})
+    hb = {"status": "ok", "fresh": ["master1.lab", "master2"]}
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None: hb)
+    assert ah.probe("scheduler")["status"] == "split"
+    hb["fresh"] = ["master1", "master1.lab"]  # one host, two names
+    assert ah.probe("scheduler")["status"] == "ok"
+    node(scheduler_mode="active-active")
+    hb["fresh"] = ["master1", "master2"]
+    assert ah.probe("scheduler")["status"] == "ok"
+
+
+def test_restart_resets_failed_first_and_kills_when_asked(node):
+    calls = []
+    ah.__salt__ = {"cmd.run_all": lambda argv, **kw: calls.append(argv) or
+                   {"retcode": 0, "stdout": "", "stderr": ""}}
+    assert ah.restart("worker", kill=True)["result"] is True
+    assert calls == [["systemctl", "reset-failed", "airflow-worker"],
+                     ["systemctl", "kill", "--signal=SIGKILL", "--kill-who=all", "airflow-worker"],
+                     ["systemctl", "restart", "airflow-worker"]]
+    calls.clear()
+    assert ah.restart("postgresql")["unit"] == "postgresql@15-main"
+    assert calls[0] == ["systemctl", "reset-failed", "postgresql@15-main"]
+    calls.clear()
+    assert ah.start("scheduler", enable=True)["result"] is True
+    assert [c[1] for c in calls] == ["enable", "reset-failed", "start"]
+    calls.clear()
+    assert ah.stop("scheduler", disable=True)["result"] is True
+    assert [c[1] for c in calls] == ["stop", "disable"]
+    calls.clear()
+    for fn in (ah.restart, ah.start, ah.stop):
+        assert fn("sshd")["result"] is False and fn("../x")["result"] is False
+    assert calls == []  # nothing outside the table reaches systemctl
+
+
+def test_units_reports_enabled(node, monkeypatch):
+    ah.__grains__ = {"roles": ["airflow-db"]}
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "dead", "unit": "u",
+                                                          "active_state": "failed"})
+    ah.__salt__ = {"cmd.run_all": lambda argv, **kw: {"retcode": 0, "stdout": "enabled\n"}}
+    assert ah.units() == {"postgresql": {"status": "dead", "active_state": "failed",
+                                         "sub_state": None, "starting": None, "enabled": True}}

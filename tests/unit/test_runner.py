@@ -15,7 +15,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 UTILS = ("airflow_daemons", "airflow_decide", "airflow_store", "airflow_ops", "airflow_heal",
-         "airflow_scheduler", "airflow_lb")
+         "airflow_scheduler", "airflow_lb", "airflow_reconcile")
 
 
 def _load(rel, name):
@@ -52,7 +52,7 @@ CACHE = {
 PUBLIC_VERBS = {
     "status", "maintenance", "audit_log", "failover_scheduler", "drain_api_server",
     "undrain_api_server", "reconcile_lb", "active_scheduler", "mark_deployed", "deploy_started",
-    "remediate", "minion_started", "presence_changed", "key_deleted", "ignored",
+    "remediate", "minion_started", "presence_changed", "key_deleted", "ignored", "reconcile",
 }
 HEALTHY_MASTER = {"api-server": {"status": "ok"}, "dag-processor": {"status": "ok"}}
 
@@ -75,6 +75,9 @@ class FakeClock:
             self.on_sleep(seconds)
 
 
+ACTIONS = ("airflow_health.restart", "airflow_health.start", "airflow_health.stop")
+
+
 class FakeOps:
     """SaltOps without Salt: ``handler(minion, fun, args)`` answers every minion call."""
 
@@ -84,7 +87,10 @@ class FakeOps:
         self.pillar_data = {"airflow": {"scheduler": {"mode": "active-standby",
                                                       "active": "master1"}}}
         self.handler = lambda minion, fun, args: True
+        # the dependency probes (Context.dependency_health: cmd on the db/broker nodes)
+        self.dependency = {"postgresql": "ok", "rabbitmq": "ok"}
         self.calls = []
+        self.kw_calls = []
         self.fired = []
         self.async_calls = []
 
@@ -96,12 +102,20 @@ class FakeOps:
 
     def one(self, minion, fun, arg=(), timeout=None, kwarg=None):
         self.calls.append((minion, fun, tuple(arg)))
+        self.kw_calls.append((minion, fun, tuple(arg), dict(kwarg or {})))
         if minion not in self.alive:
             return None
-        return self.handler(minion, fun, tuple(arg))
+        ret = self.handler(minion, fun, tuple(arg))
+        if fun in ACTIONS and not isinstance(ret, dict):  # the module's action functions
+            return {"result": ret is True, "detail": "" if ret is True else str(ret)}
+        return ret
 
     def cmd(self, tgt, fun, arg=(), timeout=None, tgt_type="glob", kwarg=None):
         targets = tgt if isinstance(tgt, list) else [tgt]
+        if fun == "airflow_health.probe" and tgt_type == "list" and arg and \
+                arg[0] in self.dependency:
+            self.calls.append((tuple(targets), fun, tuple(arg)))
+            return {m: {"status": self.dependency[arg[0]]} for m in targets if m in self.alive}
         out = {}
         for minion in targets:
             ret = self.one(minion, fun, arg)
@@ -273,7 +287,7 @@ def test_remediate_hung_worker_kills_restarts_and_damps(env):
         if fun == "airflow_health.probe":
             healthy, state["restarted"] = state["restarted"], False
             return {"status": "ok" if healthy else "hung"}
-        if fun == "service.restart":
+        if fun == "airflow_health.restart":
             state["restarted"] = True
         return True
 
@@ -281,14 +295,14 @@ def test_remediate_hung_worker_kills_restarts_and_damps(env):
     for _ in range(3):
         assert env.rn.remediate("worker1", "worker") == {"result": "recovered",
                                                           "action": "kill-restart"}
-    assert ("worker1", "airflow_health.kill_unit", ("worker",)) in env.ops.calls
-    assert ("worker1", "service.restart", ("airflow-worker",)) in env.ops.calls
+    assert ("worker1", "airflow_health.restart", ("worker",), {"kill": True}) in env.ops.kw_calls
+    assert ("worker1", "airflow_health.restart", ("worker",)) in env.ops.calls
     recs = [r for r in env.audit() if r["action"] == "kill-restart"]
     assert len(recs) == 3 and all(r["attempt"] and r["outcome"] == "recovered" for r in recs)
     # 4th within the window: damped, alert fired, no restart
     env.ops.calls.clear()
     assert env.rn.remediate("worker1", "worker")["result"] == "damped"
-    assert "service.restart" not in env.ops.funs()
+    assert "airflow_health.restart" not in env.ops.funs()
     assert env.ops.fired[-1][0] == "airflow/alert/worker1/worker"
     assert env.audit()[-1]["outcome"] == "damped"
     assert env.audit()[-1]["reason"] == "3 remediations in 600s"
@@ -301,8 +315,8 @@ def test_remediate_dead_service_that_does_not_come_back(env):
     env.ops.handler = lambda m, f, a: {"status": "dead"} if f == "airflow_health.probe" else True
     res = env.rn.remediate("infra", "postgresql")
     assert res == {"result": "failed", "action": "restart"}
-    assert ("infra", "service.restart", ("postgresql",)) in env.ops.calls
-    assert "airflow_health.kill_unit" not in env.ops.funs()
+    assert ("infra", "airflow_health.restart", ("postgresql",)) in env.ops.calls
+    assert ("infra", "airflow_health.restart", ("postgresql",), {"kill": False}) in env.ops.kw_calls
     assert env.audit()[-1]["seconds"] == 5.0          # worker_verify_timeout, on the fake clock
 
 
@@ -310,7 +324,7 @@ def test_remediate_dry_run(env):
     env.rn.__opts__["airflow_healing"]["dry_run"] = "true"
     env.ops.handler = lambda m, f, a: {"status": "dead"}
     assert env.rn.remediate("worker1", "worker") == {"result": "dry-run", "action": "restart"}
-    assert "service.restart" not in env.ops.funs()
+    assert "airflow_health.restart" not in env.ops.funs()
     assert env.audit()[-1]["outcome"] == "dry-run"
 
 
@@ -374,14 +388,14 @@ def test_scheduler_event_active_active_and_unknown(env):
 def test_scheduler_event_waits_within_start_grace(env):
     env.ops.handler = _scheduler_handler(STALE, {"status": "ok", "starting": True})
     assert env.rn.remediate("master2", "scheduler") == {"result": "wait"}
-    assert "service.restart" not in env.ops.funs()
+    assert "airflow_health.restart" not in env.ops.funs()
 
 
 def test_scheduler_event_restarts_hung_scheduler_then_damped_failover(env):
     env.ops.handler = _scheduler_handler(STALE, {"status": "ok", "starting": False})
     for _ in range(3):
         assert env.rn.remediate("master2", "scheduler") == {"result": "restarted"}
-    assert env.ops.calls.count(("master1", "service.restart", ("airflow-scheduler",))) == 3
+    assert env.ops.calls.count(("master1", "airflow_health.restart", ("scheduler",))) == 3
     # the 4th: restarts damped on master1 -> the scheduler moves to master2
     started = []
 
@@ -390,7 +404,7 @@ def test_scheduler_event_restarts_hung_scheduler_then_damped_failover(env):
 
     env.ops.handler = _scheduler_handler(
         hb, {"status": "ok", "starting": False},
-        extra=lambda m, f, a: started.append(m) or True if f == "service.start" else True)
+        extra=lambda m, f, a: started.append(m) or True if f == "airflow_health.start" else True)
     res = env.rn.remediate("master2", "scheduler")
     assert res["result"] == "ok" and res["new"] == "master2" and res["fence"] == "fenced"
     assert [r["outcome"] for r in env.audit()[-2:]] == ["damped", "ok"]
@@ -400,11 +414,11 @@ def test_scheduler_event_restarts_hung_scheduler_then_damped_failover(env):
 def test_scheduler_event_restart_dry_run_and_locked(env):
     env.ops.handler = _scheduler_handler(STALE, {"status": "dead"})
     ctx = env.ctx()
-    with ctx.store.lock("master1-scheduler"):
+    with ctx.store.lock("scheduler"):
         assert env.rn.remediate("master2", "scheduler") == {"result": "in-progress"}
     env.rn.__opts__["airflow_healing"]["dry_run"] = True
     assert env.rn.remediate("master2", "scheduler") == {"result": "dry-run"}
-    assert "service.restart" not in env.ops.funs()
+    assert "airflow_health.restart" not in env.ops.funs()
 
 
 def test_scheduler_event_active_gone_fails_over(env):
@@ -415,7 +429,7 @@ def test_scheduler_event_active_gone_fails_over(env):
         return {"status": "ok", "fresh": ["master2"]} if started else STALE
 
     env.ops.handler = _scheduler_handler(
-        hb, extra=lambda m, f, a: started.append(m) or True if f == "service.start" else True)
+        hb, extra=lambda m, f, a: started.append(m) or True if f == "airflow_health.start" else True)
     res = env.rn.remediate("master2", "scheduler")
     assert res["result"] == "ok" and res["fence"] == "unreachable"
 
@@ -430,12 +444,12 @@ def test_failover_unreachable_old_master(env):
         return {"status": "ok", "fresh": ["master2"]} if started else STALE
 
     env.ops.handler = _scheduler_handler(
-        hb, extra=lambda m, f, a: started.append(m) or True if f == "service.start" else True)
+        hb, extra=lambda m, f, a: started.append(m) or True if f == "airflow_health.start" else True)
     res = env.rn.failover_scheduler("test", failed="master1")
     assert res["result"] == "ok" and res["new"] == "master2" and res["fence"] == "unreachable"
     assert _runtime_active(env) == "master2"
     assert env.audit()[-1]["action"] == "failover"
-    assert ("master2", "service.enable", ("airflow-scheduler",)) in env.ops.calls
+    assert ("master2", "airflow_health.start", ("scheduler",), {"enable": True}) in env.ops.kw_calls
     assert env.ops.async_calls == [(("master2",), "saltutil.refresh_pillar")]
     assert env.rn.active_scheduler() == {"mode": "active-standby", "active": "master2"}
 
@@ -454,7 +468,7 @@ def test_failover_waits_for_vanished_nodes_heartbeat_to_go_stale(env):
         return dict(STALE, stale_seconds=3)
 
     def extra(minion, fun, args):
-        if fun == "service.start":
+        if fun == "airflow_health.start":
             assert env.clock.now() - t0 >= 2.5, "started while the old one was still fresh"
             started.append(minion)
         return True
@@ -473,16 +487,16 @@ def test_failover_refused_when_vanished_node_keeps_heartbeating(env):
     res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
     assert res["result"] == "refused"
     assert sum(env.clock.sleeps) == 9          # stale_seconds + 5, then it gave up
-    assert "service.start" not in env.ops.funs()
+    assert "airflow_health.start" not in env.ops.funs()
 
 
 def test_failover_refused_when_old_still_heartbeats(env):
     env.ops.handler = _scheduler_handler(
         {"status": "ok", "fresh": ["master1"], "schedulers": [{"hostname": "master1", "age": 1}]},
-        extra=lambda m, f, a: "ERROR: could not stop" if f == "service.stop" else True)
+        extra=lambda m, f, a: "ERROR: could not stop" if f == "airflow_health.stop" else True)
     res = env.rn.failover_scheduler("manual", failed="master1")
     assert res["result"] == "refused" and res["fence"] == "failed"
-    assert "service.start" not in env.ops.funs()
+    assert "airflow_health.start" not in env.ops.funs()
     assert _runtime_active(env) is None
     assert env.ops.fired[-1][0] == "airflow/alert/scheduler/fence-failed"
     assert env.audit()[-1]["outcome"] == "refused-two-schedulers"
@@ -520,7 +534,7 @@ def test_failover_guards(env):
     env.rn.__opts__["airflow_healing"]["dry_run"] = True
     env.ops.handler = _scheduler_handler(STALE)
     assert env.rn.failover_scheduler("manual") == {"result": "dry-run", "new": "master2"}
-    with env.ctx().store.lock("failover"):
+    with env.ctx().store.lock("scheduler"):
         assert env.rn.failover_scheduler("manual") == {"result": "in-progress"}
 
 
@@ -535,14 +549,14 @@ def test_minion_started_fences_a_returning_standby(env):
     env.ops.handler = _lb_handler([], {})
     res = env.rn.minion_started("master2")
     assert res["fence"] == "fenced" and res["lb"]["result"] == "ok"
-    assert ("master2", "service.stop", ("airflow-scheduler",)) in env.ops.calls
+    assert ("master2", "airflow_health.stop", ("scheduler",)) in env.ops.calls
     fence = [r for r in env.audit() if r["action"] == "fence"][-1]
     assert fence["reason"] == "returning master, active is master1"
 
 
 def test_minion_started_active_master_is_not_fenced(env):
     res = env.rn.minion_started("master1")
-    assert "fence" not in res and "service.stop" not in env.ops.funs()
+    assert "fence" not in res and "airflow_health.stop" not in env.ops.funs()
 
 
 def test_minion_started_guards(env):
@@ -567,7 +581,7 @@ def test_presence_lost_active_master_fails_over_and_reconciles(env):
         return {"status": "ok", "fresh": ["master2"]} if started else STALE
 
     env.ops.handler = _scheduler_handler(
-        hb, extra=lambda m, f, a: started.append(m) or True if f == "service.start"
+        hb, extra=lambda m, f, a: started.append(m) or True if f == "airflow_health.start"
         else ([] if f == "airflow_health.haproxy_backends" else True))
     res = env.rn.presence_changed(new=[], lost=["master1"])
     assert res["failover"]["result"] == "ok" and res["lb"]["result"] in ("ok", "partial")

@@ -42,6 +42,10 @@ airflow-healing-settings:
         heartbeat_stale: {{ airflow.scheduler.heartbeat_stale|float }}
         start_grace: {{ healing.start_grace|float }}
         worker_ping_timeout: {{ healing.worker_ping_timeout|float }}
+        postgresql_version: {{ airflow.database.postgresql_version|int }}
+        database_port: {{ airflow.database.port|int }}
+        broker_port: {{ airflow.broker.port|int }}
+        scheduler_mode: {{ airflow.scheduler.mode|tojson }}
 
 # The beacon module on the minion, and the minion daemon's beacon loader refreshed (a highstate
 # syncs before rendering, but without telling the running daemon).
