@@ -234,6 +234,7 @@ def test_incident_d_partitioned_active_master(incident_lab, results_file):
         for i in range(SPLIT_BRAIN_WINDOW):
             time.sleep(max(0.0, t_heal + SPLIT_BRAIN_FROM + i - time.monotonic()))
             samples.append(heartbeating(lab, HEARTBEATING))
+            # first seen inactive (checked from SPLIT_BRAIN_FROM on: 20 means "by then")
             if victim_stopped is None and sh(lab, victim, f"systemctl is-active {sched}").stdout.strip() != "active":
                 victim_stopped = time.monotonic() - t_heal
         two = [(SPLIT_BRAIN_FROM + i, s) for i, s in enumerate(samples) if s and len(s) > 1]
@@ -242,7 +243,7 @@ def test_incident_d_partitioned_active_master(incident_lab, results_file):
         unit_state = sh(lab, victim, f"systemctl is-active {sched}").stdout.strip()
         rec.update(samples=len(samples), samples_unread=unread, samples_two_or_more=two[:20],
                    max_heartbeating=max((len(s) for s in samples if s), default=0),
-                   victim_scheduler_inactive_after_heal_s=_r(victim_stopped), active_after=active,
+                   victim_scheduler_inactive_by_s=_r(victim_stopped), active_after=active,
                    victim_scheduler_unit=unit_state)
         assert not two, f"two schedulers heartbeating after the heal (s after heal, hosts): {two[:10]}"
         assert unread <= SPLIT_BRAIN_WINDOW // 10, f"metastore unreadable in {unread} of {len(samples)} samples"
