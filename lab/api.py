@@ -7,8 +7,8 @@ import shutil
 import time
 
 from . import cgroups, image, network, nodes, saltsetup
-from .common import (LB_URL, NODES_DIR, SALT_NODE, STATE, STATS_URL, SUBNET, TOPOLOGY_FILE, LabError, locked,
-                     minions, parallel, progress, record_timing, save_topology, topology)
+from .common import (BRIDGE, LB_URL, NODES_DIR, SALT_NODE, STATE, STATS_URL, SUBNET, TOPOLOGY_FILE, LabError,
+                     locked, minions, parallel, progress, record_timing, run, save_topology, topology)
 
 
 def exec_on(node, argv, check=True, timeout=None, input=None):
@@ -203,6 +203,41 @@ def unit_cgroups(node, unit):
     return cgroups.unit_cgroups(node, unit)
 
 
+def _veth_of(node):
+    if node not in topology():
+        raise LabError(f"unknown node {node}")
+    name = network.veth(node)
+    if not network.link_exists(name):
+        raise LabError(f"{node}: its link {name} does not exist (is the node up?)")
+    return name
+
+
+@locked
+def link_down(node):
+    """Cut node off the network (a full partition, both directions): the host side of its veth
+    goes down, so its eth0 loses carrier. Its processes keep running and `exec_on` still works
+    (nsenter needs no network); TCP connections are not reset, their packets are dropped."""
+    run(["ip", "link", "set", _veth_of(node), "down"])
+    progress(f"{node}: link down (partitioned)")
+
+
+@locked
+def link_up(node):
+    """Heal link_down: the veth up again, still a port of the bridge."""
+    run(["ip", "link", "set", _veth_of(node), "master", BRIDGE, "up"])
+    progress(f"{node}: link up")
+
+
+def link_is_up(node):
+    """Is the host side of node's veth administratively up (False when it does not exist)?"""
+    name = network.veth(node)
+    p = run(["ip", "-j", "link", "show", name], check=False)
+    try:
+        return p.returncode == 0 and "UP" in json.loads(p.stdout)[0].get("flags", [])
+    except (ValueError, IndexError, AttributeError):
+        return False
+
+
 def refresh_hosts():
     body = nodes.hosts_file()
     for n in topology():
@@ -212,4 +247,4 @@ def refresh_hosts():
 
 __all__ = ["exec_on", "salt", "salt_run", "node_ip", "is_running", "stop_node", "start_node", "add_node",
            "remove_node", "lab_up", "lab_deploy", "lab_down", "secrets", "status", "minions", "node_cgroups",
-           "unit_cgroups", "pin_tree", "unpin_tree", "pinned_tree"]
+           "unit_cgroups", "pin_tree", "unpin_tree", "pinned_tree", "link_down", "link_up", "link_is_up"]
