@@ -77,6 +77,8 @@ def remediate_service(ctx, minion, daemon, claimed=None):
             return {"result": "unreachable"}
         status = probe.get("status")
         if action == "ignore":
+            if extra.get("claimed") == "ok":
+                return {"result": "ok"}  # a recovery the beacon reports: nothing to do or say
             ctx.audit("ignored", minion, daemon, "re-probe: healthy (stale or spoofed event)",
                       "ignored", **extra)
             return {"result": "ignored", "reason": "healthy on re-probe"}
