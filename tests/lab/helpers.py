@@ -197,8 +197,9 @@ def workers(lab):
 
 
 def runner_setting(lab, key, default):
-    """A setting of the healing runner (master config `airflow_healing:<key>`), or default."""
-    p = lab.salt("salt-run", "--out=json", "config.get", f"airflow_healing:{key}", check=False, timeout=60)
+    """A setting of the master config (`airflow_healing:<key>`, or any `a:b:c` path), or default."""
+    path = key if ":" in key else f"airflow_healing:{key}"
+    p = lab.salt("salt-run", "--out=json", "config.get", path, check=False, timeout=60)
     lines = [ln for ln in (p.stdout or "").splitlines() if ln.strip()]
     try:  # a scalar: the last line (salt may print warnings before it)
         res = json.loads(lines[-1]) if lines else None

@@ -426,7 +426,7 @@ def test_incident_g_master_restart_with_highstate(incident_lab, results_file):
     api-server is starting.
 
     Proves: the master is UP in haproxy again within one reconcile period (the runner's
-    `reconcile_interval`, 60 s by default, + 10 s for the reconcile's own run and haproxy's
+    schedule `airflow-reconcile`, 30 s, + 10 s for the reconcile's own run and haproxy's
     check) after its api-server answers its health endpoint, although the minion start, the
     api-server's health change and the highstate's own lb work race each other. The standby
     master is restarted: the api-server / haproxy path is the same on both, and restarting the
@@ -436,7 +436,8 @@ def test_incident_g_master_restart_with_highstate(incident_lab, results_file):
     wait_green(lab, GREEN_BEFORE, what="cluster green before the incident")
     mode, active = scheduler_placement(lab)
     node = next((m for m in masters(lab) if m != active), masters(lab)[0])
-    interval = runner_setting(lab, "reconcile_interval", 60.0)
+    # the master's schedule runs airflow.reconcile (conf/master.d/airflow-reactor.conf)
+    interval = runner_setting(lab, "schedule:airflow-reconcile:seconds", 60.0)
     limit = interval + RECONCILE_SLACK
     rec = {"test": "g_master_restart_with_highstate", "node": node, "reconcile_interval_s": interval,
            "limit_s": limit}
