@@ -163,11 +163,13 @@ def formula_defaults():
 
 @functools.lru_cache(maxsize=None)
 def daemon_table():
-    """The daemon table [{name, unit, role, probe}] of _utils/airflow_daemons.py."""
+    """The daemon table [{name, unit, role, probe, needs}] of _utils/airflow_daemons.py, units
+    filled in with the formula's defaults (postgresql@<version>-main)."""
     spec = importlib.util.spec_from_file_location("lab_helpers_daemons", REPO / "_utils/airflow_daemons.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.table()
+    version = formula_defaults()["database"]["postgresql_version"]
+    return [dict(r, unit=mod.unit_of(r["name"], postgresql_version=version)) for r in mod.table()]
 
 
 def unit_of(daemon):
@@ -175,9 +177,9 @@ def unit_of(daemon):
 
 
 def db_unit():
-    """The PostgreSQL server's unit. Debian's `postgresql.service` is a oneshot wrapper that stays
-    "active (exited)" while the server is dead, so it says nothing about the database."""
-    return f"postgresql@{formula_defaults()['database']['postgresql_version']}-main"
+    """The PostgreSQL server's unit (the table's; Debian's `postgresql.service` is a oneshot
+    wrapper that stays "active (exited)" while the server is dead)."""
+    return unit_of("postgresql")
 
 
 def broker_unit():
@@ -364,7 +366,7 @@ def expected_units(lab, mode, active):
                 continue
             if row["name"] == "scheduler" and mode == "active-standby" and node != active:
                 continue
-            units.append(db_unit() if row["unit"] == "postgresql" else row["unit"])
+            units.append(row["unit"])
         if units:
             out[node] = units
     return out
