@@ -212,21 +212,18 @@ def gate(maintenance, deployed, require_deploy):
 
 
 # ====================================================================== damping, services
-def damping(history, minion, daemon, now, max_attempts, window):
+def damping(attempts, now, max_attempts, window):
     """
-    Flap damping. ``history``: audit records. Counts remediation attempts (records with
-    ``attempt: True``) for (minion, daemon) within ``window`` seconds before ``now``.
-    Returns ``(allowed, attempts_in_window)``.
+    Flap damping. ``attempts``: epoch seconds of the remediation attempts of one (minion,
+    daemon) (``Store.attempts``; unreadable entries skipped). Counts those within ``window``
+    seconds before ``now``. Returns ``(allowed, attempts_in_window)``.
     """
     count = 0
-    for rec in history or []:
-        if rec.get("attempt") and rec.get("minion") == minion and rec.get("daemon") == daemon:
-            try:
-                age = now - float(rec.get("ts", 0))
-            except (TypeError, ValueError):
-                continue
-            if age <= window:
-                count += 1
+    for ts in attempts if isinstance(attempts, (list, tuple)) else []:
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            continue
+        if now - ts <= window:
+            count += 1
     return count < int(max_attempts), count
 
 

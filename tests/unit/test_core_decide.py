@@ -148,20 +148,15 @@ def test_gate(maint, deployed, require, expected):
 # ------------------------------------------------------------------ damping, services
 def test_damping_counts_attempts_in_window_only():
     now = 10_000
-    hist = [
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 700},  # old
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 500},
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 100},
-        {"minion": "worker1", "daemon": "worker", "ts": now - 50},                   # not attempt
-        {"minion": "worker2", "daemon": "worker", "attempt": True, "ts": now - 10},   # other node
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": "junk"},      # unreadable
-    ]
-    assert D.damping(hist, "worker1", "worker", now, 3, 600) == (True, 2)
-    hist.append({"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 1})
-    assert D.damping(hist, "worker1", "worker", now, 3, 600) == (False, 3)
-    # window slides: 400 s later only one attempt remains
-    assert D.damping(hist, "worker1", "worker", now + 400, 3, 600) == (True, 2)
-    assert D.damping(None, "worker1", "worker", now, 3, 600) == (True, 0)
+    attempts = [now - 700, now - 500, now - 100, "junk", None, True]   # old, 2 in, unreadable
+    assert D.damping(attempts, now, 3, 600) == (True, 2)
+    attempts.append(now - 1)
+    assert D.damping(attempts, now, 3, 600) == (False, 3)
+    # window slides: 400 s later only two remain
+    assert D.damping(attempts, now + 400, 3, 600) == (True, 2)
+    assert D.damping(None, now, 3, 600) == (True, 0)
+    assert D.damping("junk", now, 3, 600) == (True, 0)
+    assert D.damping((now,), now, 1, 600) == (False, 1)
 
 
 @pytest.mark.parametrize("daemon,probe,action", [

@@ -726,3 +726,26 @@ def test_real_clock_and_ops_factories(monkeypatch):
     assert slept == [3]
     ops = ops_mod.salt_ops({"sock_dir": "/nonexistent"}, {"ping_timeout": 2, "probe_timeout": 20})
     assert ops.present([]) == []
+
+
+# ------------------------------------------------------------------ damping store
+def test_damping_survives_a_flood_of_other_audit_records(env):
+    state = {"restarted": False}
+
+    def handler(minion, fun, args):
+        if fun == "airflow_health.probe":
+            healthy, state["restarted"] = state["restarted"], False
+            return {"status": "ok" if healthy else "dead"}
+        if fun == "service.restart":
+            state["restarted"] = True
+        return True
+
+    env.ops.handler = handler
+    for _ in range(3):
+        assert env.rn.remediate("worker1", "worker")["result"] == "recovered"
+    ctx = env.ctx()
+    for i in range(5000):                     # e.g. ignored/spoofed events, other minions
+        ctx.audit("ignored", "worker9", "worker", f"flood {i}", "ignored")
+    assert len(ctx.store.read_audit()) == 2000     # the attempts fell out of that view
+    assert env.rn.remediate("worker1", "worker")["result"] == "damped"
+    assert len(ctx.store.attempts("worker1", "worker")) == 3
