@@ -461,25 +461,27 @@ def starts_burst(first_pending_ts, last_run_started_ts):
     return last_run_started_ts is not None and first_pending_ts <= last_run_started_ts
 
 
-def debounce_decision(my_ts, latest_request_ts, last_run_started_ts, first_pending_ts=None,
-                      now=None, max_wait=None):
+def debounce_decision(now, latest_request_ts, first_pending_ts, last_run_started_ts, quiet,
+                      max_wait):
     """
-    Trailing-edge debounce of reconcile_lb requests, with a maximum wait. ``run`` |
-    ``coalesced``.
+    The lb leader's wait (trailing-edge debounce with a maximum wait): ``("run", 0.0)`` or
+    ``("wait", seconds)``.
 
-    A reconcile that started after this request covers it. A newer request will run after its
-    own quiet period, so this one yields to it, unless the burst has already waited
-    ``max_wait`` seconds since its first request (a steady stream of events must not starve
-    haproxy of every update).
+    Run once no request came for ``quiet`` seconds, or once the burst has waited ``max_wait``
+    seconds since its first request (a steady stream of events must not starve haproxy of
+    every update). A first request from before the last run belongs to a burst that run
+    covered: no deadline from it. ``max_wait`` 0: no deadline.
     """
-    if last_run_started_ts is not None and last_run_started_ts >= my_ts:
-        return "coalesced"
-    if latest_request_ts is not None and latest_request_ts > my_ts:
-        if (max_wait and now is not None and first_pending_ts is not None
-                and now - first_pending_ts >= max_wait):
-            return "run"
-        return "coalesced"
-    return "run"
+    if latest_request_ts is None:
+        return "run", 0.0
+    # a stamp from the future (the clock went back) counts as now: the wait stays bounded
+    run_at = min(latest_request_ts, now) + quiet
+    if (max_wait and first_pending_ts is not None
+            and (last_run_started_ts is None or first_pending_ts > last_run_started_ts)):
+        run_at = min(run_at, min(first_pending_ts, now) + max_wait)
+    if now >= run_at:
+        return "run", 0.0
+    return "wait", run_at - now
 
 
 def api_health(results, masters):
@@ -535,3 +537,17 @@ def lb_apply_ok(applied, lbs):
     """Did every lb node answer its ``state.apply airflow.lb`` with a state result?"""
     return set(applied or {}) == set(lbs or []) and all(
         isinstance(v, dict) for v in (applied or {}).values())
+
+
+# ====================================================================== rate limiting
+def lb_pending(latest_request_ts, last_run_started_ts, now):
+    """
+    Is a reconcile request waiting that no run covers (it came after the last run started)?
+    The lb leader loops on it, and checks it once more after releasing the lock. A run start
+    in the future (the clock went back) covers nothing.
+    """
+    if latest_request_ts is None:
+        return False
+    if last_run_started_ts is None or last_run_started_ts > now:
+        return True
+    return latest_request_ts > last_run_started_ts

@@ -350,26 +350,41 @@ def test_starts_burst():
     assert not D.starts_burst(7.0, None)
 
 
-def test_debounce_decision():
-    assert D.debounce_decision(10.0, 10.0, None) == "run"
-    assert D.debounce_decision(10.0, 10.5, None) == "coalesced"   # newer request will run
-    assert D.debounce_decision(10.0, 10.0, 10.2) == "coalesced"   # a run started after us
-    assert D.debounce_decision(10.0, 10.0, 9.0) == "run"
-    assert D.debounce_decision(10.0, None, None) == "run"
+def test_debounce_decision_waits_for_quiet():
+    # no request stamp (a manual call that lost its file): run
+    assert D.debounce_decision(10.0, None, None, None, 2.0, 10.0) == ("run", 0.0)
+    # the last request came 0.5 s ago: wait the rest of the quiet period
+    assert D.debounce_decision(10.5, 10.0, 10.0, None, 2.0, 10.0) == ("wait", 1.5)
+    assert D.debounce_decision(12.0, 10.0, 10.0, None, 2.0, 10.0) == ("run", 0.0)
+    assert D.debounce_decision(10.0, 10.0, 10.0, 9.0, 0, 10.0) == ("run", 0.0)   # quiet 0
 
 
-def test_debounce_max_wait():
-    # a newer request is waiting, but the burst has waited max_wait since its first request
-    assert D.debounce_decision(20.0, 20.5, 1.0, first_pending_ts=10.0, now=22.0,
-                               max_wait=10) == "run"
-    assert D.debounce_decision(20.0, 20.5, 1.0, first_pending_ts=15.0, now=22.0,
-                               max_wait=10) == "coalesced"
-    assert D.debounce_decision(20.0, 20.5, 1.0, first_pending_ts=10.0, now=22.0,
-                               max_wait=0) == "coalesced"          # 0: no maximum
-    assert D.debounce_decision(20.0, 20.5, None, first_pending_ts=None, now=22.0,
-                               max_wait=10) == "coalesced"
-    assert D.debounce_decision(20.0, 20.5, 21.0, first_pending_ts=10.0, now=22.0,
-                               max_wait=10) == "coalesced"         # a run already covers it
+def test_debounce_decision_max_wait():
+    # a steady stream: quiet never comes, the burst runs max_wait after its first request
+    assert D.debounce_decision(19.0, 18.9, 10.0, 5.0, 2.0, 10.0) == ("wait", 1.0)
+    assert D.debounce_decision(20.0, 19.9, 10.0, 5.0, 2.0, 10.0) == ("run", 0.0)
+    assert D.debounce_decision(20.0, 19.9, 10.0, None, 2.0, 10.0) == ("run", 0.0)
+    # max_wait 0: no maximum
+    assert D.debounce_decision(20.0, 19.9, 10.0, 5.0, 2.0, 0) == ("wait", pytest.approx(1.9))
+    # a first stamp older than the last run belongs to a burst that run covered: no deadline
+    assert D.debounce_decision(20.0, 19.9, 10.0, 15.0, 2.0, 10.0)[0] == "wait"
+    assert D.debounce_decision(20.0, 19.9, 10.0, 10.0, 2.0, 10.0)[0] == "wait"
+
+
+def test_debounce_decision_future_stamps_are_bounded():
+    # the clock went back an hour: the leader waits one quiet period, not an hour
+    assert D.debounce_decision(100.0, 3700.0, 3700.0, None, 2.0, 10.0) == ("wait", 2.0)
+    assert D.debounce_decision(100.0, 3700.0, 3600.0, 50.0, 2.0, 1.0) == ("wait", 1.0)
+
+
+def test_lb_pending():
+    assert not D.lb_pending(None, None, 10.0)
+    assert not D.lb_pending(None, 5.0, 10.0)
+    assert D.lb_pending(5.0, None, 10.0)          # never ran
+    assert D.lb_pending(6.0, 5.0, 10.0)           # came after the run started
+    assert not D.lb_pending(5.0, 5.0, 10.0)       # the run started with it: covered
+    assert not D.lb_pending(4.0, 5.0, 10.0)
+    assert D.lb_pending(4.0, 50.0, 10.0)          # run start in the future: covers nothing
 
 
 def test_api_health():

@@ -640,24 +640,138 @@ def test_reconcile_burst_coalesces_to_one(env):
     assert env.ops.funs().count("state.apply") == 1
 
 
-def test_reconcile_steady_stream_runs_after_max_wait(env):
+def _count_state_apply(env):
+    return env.ops.funs().count("state.apply")
+
+
+def test_reconcile_second_request_returns_at_once_and_the_leader_waits_for_it(env):
+    """Two requests: the second never sleeps; the leader runs quiet seconds after it."""
     env.ops.handler = _lb_handler([], {})
-    ctx = env.ctx()
-    # a burst pending for 20 s (lb_max_wait 10), and a newer request arrives during our quiet
-    ctx.store.write_ts("lb.first", env.clock.now() - 20)
-    ctx.store.write_ts("lb.run", env.clock.now() - 30)
-    env.clock.on_sleep = lambda s: ctx.store.write_ts("lb.request", env.clock.now())
+    t0 = env.clock.now()
+    second = {}
+
+    def another_request(seconds):
+        if not second:
+            env.clock.t += 0.2                      # the second event comes a little later
+            sleeps_before = len(env.clock.sleeps)
+            second["res"] = env.rn.reconcile_lb("t2")
+            second["slept"] = len(env.clock.sleeps) - sleeps_before
+            second["at"] = env.clock.now()
+
+    env.clock.on_sleep = another_request
+    res = env.rn.reconcile_lb("t1")
+    assert res["result"] == "ok"
+    assert second == {"res": {"result": "coalesced"}, "slept": 0, "at": second["at"]}
+    assert _count_state_apply(env) == 1
+    # the run started one quiet period (0.5 s) after the LAST request, not the first
+    assert env.ctx().store.read_ts("lb.run") == pytest.approx(second["at"] + 0.5)
+    assert env.ctx().store.read_ts("lb.run") > t0 + 0.5
+
+
+def test_reconcile_request_during_the_run_gets_a_second_run(env):
+    base = _lb_handler([], {})
+    during = []
+
+    def handler(minion, fun, args):
+        if fun == "state.apply" and not during:
+            env.clock.t += 1
+            during.append(env.rn.reconcile_lb("during the run")["result"])
+        return base(minion, fun, args)
+
+    env.ops.handler = handler
     assert env.rn.reconcile_lb("t")["result"] == "ok"
-    # without the long wait it would have yielded to the newer request
-    env.clock.t += 1
-    ctx.store.write_ts("lb.first", env.clock.now())
-    assert env.rn.reconcile_lb("t")["result"] == "coalesced"
+    assert during == ["coalesced"]
+    assert _count_state_apply(env) == 2            # the leader looped for it
+    assert [r["action"] for r in env.audit()] == ["reconcile_lb"] * 2
 
 
-def test_reconcile_busy(env):
+class _RaceStore:
+    """A Store whose ``lb`` lock runs ``hook`` after the leader's last check, before release."""
+
+    def __init__(self, store, hook):
+        self._store, self._hook = store, hook
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def lock(self, name, blocking=False, timeout=0):
+        import contextlib
+
+        inner = self._store.lock(name, blocking=blocking, timeout=timeout)
+
+        @contextlib.contextmanager
+        def wrapped():
+            with inner as got:
+                yield got
+                if name == "lb" and got:
+                    self._hook()
+        return wrapped()
+
+
+def test_reconcile_request_in_the_release_race_window_is_not_lost(env):
+    env.ops.handler = _lb_handler([], {})
+    real_store = env.rn.__utils__["airflow_store.store"]
+    late = []
+
+    def hook():
+        if not late:  # the leader checked, found nothing, and has not released the lock yet
+            env.clock.t += 1
+            late.append(env.rn.reconcile_lb("late")["result"])
+
+    env.rn.__utils__["airflow_store.store"] = lambda conf, clock: _RaceStore(
+        real_store(conf, clock), hook)
+    assert env.rn.reconcile_lb("t")["result"] == "ok"
+    assert late == ["coalesced"]                   # it found the lock taken and went away
+    assert _count_state_apply(env) == 2            # ... and the leader served it after release
+    assert env.ctx().store.read_ts("lb.run") > env.ctx().store.read_ts("lb.request") - 1e-9
+
+
+def test_reconcile_storm_only_the_leader_waits(env):
+    """500 events within 3 s: one thread waits, every other returns at once; few runs."""
+    env.ops.handler = _lb_handler([], {})
+    results, sleeps_by_others = [], []
+    t0 = env.clock.now()
+
+    def storm(seconds):
+        while len(results) < 500:                  # all of them during the leader's first wait
+            before = len(env.clock.sleeps)
+            results.append(env.rn.reconcile_lb("storm")["result"])
+            sleeps_by_others.append(len(env.clock.sleeps) - before)
+            env.clock.t += 3 / 500
+    env.clock.on_sleep = storm
+    assert env.rn.reconcile_lb("first")["result"] == "ok"
+    assert len(results) == 500 and set(results) == {"coalesced"}
+    assert sum(sleeps_by_others) == 0
+    assert _count_state_apply(env) == 1
+    # the leader ran one quiet period (0.5 s) after the last event, 4 s after the first
+    store = env.ctx().store
+    assert store.read_ts("lb.run") == pytest.approx(store.read_ts("lb.request") + 0.5)
+    assert store.read_ts("lb.run") - t0 == pytest.approx(0.5 + 499 * 3 / 500 + 0.5, abs=1e-3)
+
+
+def test_reconcile_steady_stream_runs_after_max_wait(env):
+    """A request every 0.8 s (lb_quiet 0.5 is never reached): the run comes at lb_max_wait."""
+    env.ops.handler = _lb_handler([], {})
+    t0 = env.clock.now()
+    results = []
+
+    def stream(seconds):
+        env.clock.t += 0.3
+        results.append(env.rn.reconcile_lb("stream")["result"])
+
+    env.clock.on_sleep = stream
+    assert env.rn.reconcile_lb("t")["result"] == "ok"
+    assert _count_state_apply(env) == 1 and len(results) > 10
+    assert set(results) == {"coalesced"}
+    assert 10 <= env.ctx().store.read_ts("lb.run") - t0 < 11     # lb_max_wait 10
+
+
+def test_reconcile_coalesces_while_another_leads(env):
     with env.ctx().store.lock("lb"):
-        env.rn.__opts__["airflow_healing"]["lb_apply_timeout"] = 0
-        assert env.rn.reconcile_lb("t", quiet=0) == {"result": "busy"}
+        assert env.rn.reconcile_lb("t", quiet=0) == {"result": "coalesced"}
+    assert env.clock.sleeps == [] and env.ops.calls == []
+    # ... and the leader sees the request it left behind
+    assert env.ctx().store.read_ts("lb.request") == env.clock.now()
 
 
 def test_drain_waits_for_zero_sessions_then_maint(env):
