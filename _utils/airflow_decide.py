@@ -38,13 +38,15 @@ RUNNER_DEFAULTS = {
     "lb_max_wait": 10.0,
     "lb_apply_timeout": 90,
     "drain_timeout": 120,
+    "rate_limit_events": 20,
+    "rate_limit_window": 10,
     "default_mode": "active-standby",
 }
 _BOOLEAN_KEYS = ("dry_run", "require_deploy")
-_INTEGER_KEYS = ("max_attempts",)
+_INTEGER_KEYS = ("max_attempts", "rate_limit_events")
 _NUMBER_KEYS = ("window", "scheduler_start_timeout", "ping_timeout", "probe_timeout",
                 "worker_verify_timeout", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
-                "drain_timeout")
+                "drain_timeout", "rate_limit_window")
 #: Keys that moved to the node settings file; still accepted in the master config, not used.
 RUNNER_RETIRED_KEYS = ("heartbeat_stale", "scheduler_start_grace")
 
@@ -551,3 +553,36 @@ def lb_pending(latest_request_ts, last_run_started_ts, now):
     if last_run_started_ts is None or last_run_started_ts > now:
         return True
     return latest_request_ts > last_run_started_ts
+
+
+def _stamp(value):
+    """A stored number (epoch seconds, a count), or None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def rate_limit(bucket, now, limit, window):
+    """
+    Fixed-window event budget of one minion (``bucket``: its stored dict; None or junk: empty).
+    Returns ``(new_bucket, verdict)``, verdict ``allow`` | ``audit`` | ``drop``.
+
+    At most ``limit`` events per ``window`` seconds are let through. The first event over the
+    limit in a window gets ``audit`` (the caller writes ONE summary record, the bucket's
+    ``count`` so far and ``previous_dropped``: what the previous limited window dropped), the
+    rest ``drop``. ``limit`` or ``window`` 0: no limit. A clock that went back starts a new
+    window.
+    """
+    old = bucket if isinstance(bucket, dict) else {}
+    if limit <= 0 or window <= 0:
+        return old, "allow"
+    start, count = _stamp(old.get("start")), _stamp(old.get("count"))
+    if start is None or count is None or not start <= now < start + window:
+        dropped = max(0, int(count or 0) - int(limit)) if start is not None else 0
+        new = {"start": now, "count": 1, "previous_dropped": dropped}
+    else:
+        new = dict(old, count=int(count) + 1)
+        new["previous_dropped"] = int(_stamp(old.get("previous_dropped")) or 0)
+    if new["count"] <= limit:
+        return new, "allow"
+    return new, "audit" if new["count"] == int(limit) + 1 else "drop"

@@ -427,3 +427,33 @@ def test_lb_apply_ok():
     assert not D.lb_apply_ok({"infra": "ERROR"}, ["infra"])
     assert not D.lb_apply_ok({}, ["infra"])
     assert D.lb_apply_ok({}, []) and D.lb_apply_ok(None, None)
+
+
+# ------------------------------------------------------------------ rate limiting
+def test_rate_limit_fixed_window():
+    bucket, verdicts = None, []
+    for i in range(25):
+        bucket, verdict = D.rate_limit(bucket, 100.0 + i * 0.1, 20, 10)
+        verdicts.append(verdict)
+    assert verdicts == ["allow"] * 20 + ["audit"] + ["drop"] * 4   # one audit per window
+    assert bucket == {"start": 100.0, "count": 25, "previous_dropped": 0}
+    # the window ends: a new one starts, reporting what the previous one dropped
+    bucket, verdict = D.rate_limit(bucket, 110.0, 20, 10)
+    assert verdict == "allow" and bucket == {"start": 110.0, "count": 1, "previous_dropped": 5}
+    bucket, verdict = D.rate_limit(bucket, 111.0, 20, 10)
+    assert verdict == "allow" and bucket["count"] == 2 and bucket["previous_dropped"] == 5
+
+
+def test_rate_limit_junk_disabled_and_clock_back():
+    assert D.rate_limit("junk", 5.0, 2, 10) == ({"start": 5.0, "count": 1,
+                                                 "previous_dropped": 0}, "allow")
+    assert D.rate_limit({"start": 5.0, "count": "x"}, 6.0, 2, 10)[0]["count"] == 1
+    assert D.rate_limit({"start": True, "count": 3}, 6.0, 2, 10)[0]["start"] == 6.0
+    # a clock that went back starts a new window
+    assert D.rate_limit({"start": 50.0, "count": 9}, 6.0, 2, 10) == (
+        {"start": 6.0, "count": 1, "previous_dropped": 7}, "allow")
+    # 0: no limit, the bucket is left as it was
+    assert D.rate_limit({"start": 1.0, "count": 99}, 2.0, 0, 10) == (
+        {"start": 1.0, "count": 99}, "allow")
+    assert D.rate_limit(None, 2.0, 5, 0) == ({}, "allow")
+    assert D.rate_limit({"start": 1.0, "count": 1}, 2.0, 1, 10)[1] == "audit"
