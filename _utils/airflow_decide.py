@@ -38,13 +38,15 @@ RUNNER_DEFAULTS = {
     "lb_max_wait": 10.0,
     "lb_apply_timeout": 90,
     "drain_timeout": 120,
+    "rate_limit_events": 20,
+    "rate_limit_window": 10,
     "default_mode": "active-standby",
 }
 _BOOLEAN_KEYS = ("dry_run", "require_deploy")
-_INTEGER_KEYS = ("max_attempts",)
+_INTEGER_KEYS = ("max_attempts", "rate_limit_events")
 _NUMBER_KEYS = ("window", "scheduler_start_timeout", "ping_timeout", "probe_timeout",
                 "worker_verify_timeout", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
-                "drain_timeout")
+                "drain_timeout", "rate_limit_window")
 #: Keys that moved to the node settings file; still accepted in the master config, not used.
 RUNNER_RETIRED_KEYS = ("heartbeat_stale", "scheduler_start_grace")
 
@@ -213,21 +215,18 @@ def gate(maintenance, deployed, require_deploy):
 
 
 # ====================================================================== damping, services
-def damping(history, minion, daemon, now, max_attempts, window):
+def damping(attempts, now, max_attempts, window):
     """
-    Flap damping. ``history``: audit records. Counts remediation attempts (records with
-    ``attempt: True``) for (minion, daemon) within ``window`` seconds before ``now``.
-    Returns ``(allowed, attempts_in_window)``.
+    Flap damping. ``attempts``: epoch seconds of the remediation attempts of one (minion,
+    daemon) (``Store.attempts``; unreadable entries skipped). Counts those within ``window``
+    seconds before ``now``. Returns ``(allowed, attempts_in_window)``.
     """
     count = 0
-    for rec in history or []:
-        if rec.get("attempt") and rec.get("minion") == minion and rec.get("daemon") == daemon:
-            try:
-                age = now - float(rec.get("ts", 0))
-            except (TypeError, ValueError):
-                continue
-            if age <= window:
-                count += 1
+    for ts in attempts if isinstance(attempts, (list, tuple)) else []:
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+            continue
+        if now - ts <= window:
+            count += 1
     return count < int(max_attempts), count
 
 
@@ -537,25 +536,27 @@ def starts_burst(first_pending_ts, last_run_started_ts):
     return last_run_started_ts is not None and first_pending_ts <= last_run_started_ts
 
 
-def debounce_decision(my_ts, latest_request_ts, last_run_started_ts, first_pending_ts=None,
-                      now=None, max_wait=None):
+def debounce_decision(now, latest_request_ts, first_pending_ts, last_run_started_ts, quiet,
+                      max_wait):
     """
-    Trailing-edge debounce of reconcile_lb requests, with a maximum wait. ``run`` |
-    ``coalesced``.
+    The lb leader's wait (trailing-edge debounce with a maximum wait): ``("run", 0.0)`` or
+    ``("wait", seconds)``.
 
-    A reconcile that started after this request covers it. A newer request will run after its
-    own quiet period, so this one yields to it, unless the burst has already waited
-    ``max_wait`` seconds since its first request (a steady stream of events must not starve
-    haproxy of every update).
+    Run once no request came for ``quiet`` seconds, or once the burst has waited ``max_wait``
+    seconds since its first request (a steady stream of events must not starve haproxy of
+    every update). A first request from before the last run belongs to a burst that run
+    covered: no deadline from it. ``max_wait`` 0: no deadline.
     """
-    if last_run_started_ts is not None and last_run_started_ts >= my_ts:
-        return "coalesced"
-    if latest_request_ts is not None and latest_request_ts > my_ts:
-        if (max_wait and now is not None and first_pending_ts is not None
-                and now - first_pending_ts >= max_wait):
-            return "run"
-        return "coalesced"
-    return "run"
+    if latest_request_ts is None:
+        return "run", 0.0
+    # a stamp from the future (the clock went back) counts as now: the wait stays bounded
+    run_at = min(latest_request_ts, now) + quiet
+    if (max_wait and first_pending_ts is not None
+            and (last_run_started_ts is None or first_pending_ts > last_run_started_ts)):
+        run_at = min(run_at, min(first_pending_ts, now) + max_wait)
+    if now >= run_at:
+        return "run", 0.0
+    return "wait", run_at - now
 
 
 def api_health(results, masters):
@@ -611,3 +612,50 @@ def lb_apply_ok(applied, lbs):
     """Did every lb node answer its ``state.apply airflow.lb`` with a state result?"""
     return set(applied or {}) == set(lbs or []) and all(
         isinstance(v, dict) for v in (applied or {}).values())
+
+
+# ====================================================================== rate limiting
+def lb_pending(latest_request_ts, last_run_started_ts, now):
+    """
+    Is a reconcile request waiting that no run covers (it came after the last run started)?
+    The lb leader loops on it, and checks it once more after releasing the lock. A run start
+    in the future (the clock went back) covers nothing.
+    """
+    if latest_request_ts is None:
+        return False
+    if last_run_started_ts is None or last_run_started_ts > now:
+        return True
+    return latest_request_ts > last_run_started_ts
+
+
+def _stamp(value):
+    """A stored number (epoch seconds, a count), or None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def rate_limit(bucket, now, limit, window):
+    """
+    Fixed-window event budget of one minion (``bucket``: its stored dict; None or junk: empty).
+    Returns ``(new_bucket, verdict)``, verdict ``allow`` | ``audit`` | ``drop``.
+
+    At most ``limit`` events per ``window`` seconds are let through. The first event over the
+    limit in a window gets ``audit`` (the caller writes ONE summary record, the bucket's
+    ``count`` so far and ``previous_dropped``: what the previous limited window dropped), the
+    rest ``drop``. ``limit`` or ``window`` 0: no limit. A clock that went back starts a new
+    window.
+    """
+    old = bucket if isinstance(bucket, dict) else {}
+    if limit <= 0 or window <= 0:
+        return old, "allow"
+    start, count = _stamp(old.get("start")), _stamp(old.get("count"))
+    if start is None or count is None or not start <= now < start + window:
+        dropped = max(0, int(count or 0) - int(limit)) if start is not None else 0
+        new = {"start": now, "count": 1, "previous_dropped": dropped}
+    else:
+        new = dict(old, count=int(count) + 1)
+        new["previous_dropped"] = int(_stamp(old.get("previous_dropped")) or 0)
+    if new["count"] <= limit:
+        return new, "allow"
+    return new, "audit" if new["count"] == int(limit) + 1 else "drop"

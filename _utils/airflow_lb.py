@@ -1,13 +1,24 @@
 """
 haproxy follows the api-servers (Salt utility module ``airflow_lb``, master side).
 
-* ``reconcile``: debounced (``airflow_decide.debounce_decision``); sets dead api-servers to
-  maint and recovered ones back to ready over the admin socket (``lb_runtime_actions``), then
-  refreshes the mine and applies ``airflow.lb`` (new or removed masters; a reload keeps
-  connections) and sets the runtime states again.
+* ``reconcile``: debounced by a leader (below); sets dead api-servers to maint and recovered
+  ones back to ready over the admin socket (``lb_runtime_actions``), then refreshes the mine
+  and applies ``airflow.lb`` (new or removed masters; a reload keeps connections) and sets
+  the runtime states again.
 * ``drain`` / ``undrain``: planned removal of an api-server without failed requests.
 
 Every function takes the runner's ``Context`` (``airflow_ops``) first.
+
+The debounce never parks a reactor thread (Salt runs runner calls from the reactor in a
+small pool, ``reactor_worker_threads``; a storm of api-server events must not starve it):
+every request writes its time (``lb.request``, and ``lb.first`` when it starts a burst) under
+the short lock ``lb-request``, then tries the ``lb`` lock WITHOUT waiting. Whoever gets it is
+the leader: it waits until the burst is quiet for ``lb_quiet`` s or ``lb_max_wait`` s passed
+since ``lb.first`` (``airflow_decide.debounce_decision``), records ``lb.run`` (its start, before
+it reads any state) and reconciles, again while a request newer than its run start came in
+(``lb_pending``). After releasing the lock it checks once more: a request that found the lock
+taken between the leader's last check and the release is served, not lost. Everyone else
+returns ``coalesced`` at once. Only the leader ever waits.
 """
 
 import logging
@@ -37,56 +48,91 @@ def _set_runtime_states(ctx, lbs, health, drained, actions):
             actions.setdefault(lb, []).append((server, state, ok))
 
 
-def _debounce(ctx, quiet):
-    """Register a request, wait ``quiet`` s; returns this request's timestamp."""
-    store, clock = ctx.store, ctx.clock
-    my_ts = clock.now()
-    with store.lock("lb-request", blocking=True, timeout=5):
-        store.write_ts("lb.request", my_ts)
+def _stamps(ctx):
+    """(lb.request, lb.first, lb.run), read under the short lock."""
+    store = ctx.store
+    with store.short_lock("lb-request"):
+        return store.read_ts("lb.request"), store.read_ts("lb.first"), store.read_ts("lb.run")
+
+
+def _request(ctx):
+    """Register a reconcile request: its time in lb.request (and lb.first for a new burst)."""
+    store = ctx.store
+    with store.short_lock("lb-request"):
+        now = ctx.clock.now()  # taken under the lock: stamps are stored in the order taken
+        store.write_ts("lb.request", now)
         if ctx.core.starts_burst(store.read_ts("lb.first"), store.read_ts("lb.run")):
-            store.write_ts("lb.first", my_ts)
-    clock.sleep(quiet)
-    return my_ts
+            store.write_ts("lb.first", now)
+    return now
+
+
+def _start_run(ctx):
+    """Record lb.run = now (under the short lock: a later request then starts a new burst)."""
+    with ctx.store.short_lock("lb-request"):
+        start = ctx.clock.now()
+        ctx.store.write_ts("lb.run", start)
+    return start
+
+
+def _wait_quiet(ctx, quiet):
+    """The leader's wait: until the burst is quiet or has waited lb_max_wait."""
+    while True:
+        request, first, run = _stamps(ctx)
+        verdict, seconds = ctx.core.debounce_decision(ctx.clock.now(), request, first, run,
+                                                      quiet, ctx.conf["lb_max_wait"])
+        if verdict == "run":
+            return
+        ctx.clock.sleep(seconds)
+
+
+def _pending(ctx):
+    request, _, run = _stamps(ctx)
+    return ctx.core.lb_pending(request, run, ctx.clock.now())
 
 
 def reconcile(ctx, reason="manual", quiet=None):
     """Make haproxy follow the api-servers (see the module docstring)."""
+    quiet = float(ctx.conf["lb_quiet"] if quiet is None else quiet)
+    _request(ctx)
+    result = {"result": "coalesced"}
+    while True:
+        with ctx.store.lock("lb") as got:  # never waits: the holder is the leader
+            if not got:
+                return result  # the leader covers this request
+            while True:
+                _wait_quiet(ctx, quiet)
+                result = _run(ctx, reason, _start_run(ctx))
+                if not _pending(ctx):
+                    break
+        if not _pending(ctx):  # a request between the last check and the release?
+            return result
+
+
+def _run(ctx, reason, start):
+    """One reconcile; ``start`` (lb.run) was recorded before anything is read."""
     conf, store, clock, ops = ctx.conf, ctx.store, ctx.clock, ctx.ops
-    quiet = float(conf["lb_quiet"] if quiet is None else quiet)
-    my_ts = _debounce(ctx, quiet)
-    with store.lock("lb", blocking=True, timeout=conf["lb_apply_timeout"] + 30) as got:
-        if not got:
-            return {"result": "busy"}
-        decision = ctx.core.debounce_decision(
-            my_ts, store.read_ts("lb.request"), store.read_ts("lb.run"),
-            first_pending_ts=store.read_ts("lb.first"), now=clock.now(),
-            max_wait=conf["lb_max_wait"])
-        if decision == "coalesced":
-            return {"result": "coalesced"}
-        start = clock.now()
-        store.write_ts("lb.run", start)
-        cache = ops.grains_cache()
-        masters = ctx.minions_running("api-server", cache)
-        lbs = ctx.minions_running("haproxy", cache)
-        present = ops.present(masters)
-        if conf["dry_run"]:
-            ctx.audit("reconcile_lb", None, "api-server", reason, "dry-run")
-            return {"result": "dry-run"}
-        health = _api_health(ctx, masters, present)
-        drained = store.drained()
-        actions = {}
-        _set_runtime_states(ctx, lbs, health, drained, actions)
-        # slow path: backends from the mine (new/removed masters); a reload keeps connections
-        if present:
-            ops.cmd(present, "mine.update", tgt_type="list", timeout=conf["ping_timeout"] + 5)
-        # queue: wait for a state run already going on the lb node instead of failing
-        applied = ops.cmd(lbs, "state.apply", ["airflow.lb"], tgt_type="list",
-                          timeout=conf["lb_apply_timeout"], kwarg={"queue": True}) if lbs else {}
-        _set_runtime_states(ctx, lbs, health, drained, actions)  # a reload resets them
-        outcome = "ok" if ctx.core.lb_apply_ok(applied, lbs) else "partial"
-        ctx.audit("reconcile_lb", None, "api-server", reason, outcome, health=health,
-                  runtime=actions, seconds=round(clock.now() - start, 1))
-        return {"result": outcome, "health": health, "runtime": actions}
+    cache = ops.grains_cache()
+    masters = ctx.minions_running("api-server", cache)
+    lbs = ctx.minions_running("haproxy", cache)
+    present = ops.present(masters)
+    if conf["dry_run"]:
+        ctx.audit("reconcile_lb", None, "api-server", reason, "dry-run")
+        return {"result": "dry-run"}
+    health = _api_health(ctx, masters, present)
+    drained = store.drained()
+    actions = {}
+    _set_runtime_states(ctx, lbs, health, drained, actions)
+    # slow path: backends from the mine (new/removed masters); a reload keeps connections
+    if present:
+        ops.cmd(present, "mine.update", tgt_type="list", timeout=conf["ping_timeout"] + 5)
+    # queue: wait for a state run already going on the lb node instead of failing
+    applied = ops.cmd(lbs, "state.apply", ["airflow.lb"], tgt_type="list",
+                      timeout=conf["lb_apply_timeout"], kwarg={"queue": True}) if lbs else {}
+    _set_runtime_states(ctx, lbs, health, drained, actions)  # a reload resets them
+    outcome = "ok" if ctx.core.lb_apply_ok(applied, lbs) else "partial"
+    ctx.audit("reconcile_lb", None, "api-server", reason, outcome, health=health,
+              runtime=actions, seconds=round(clock.now() - start, 1))
+    return {"result": outcome, "health": health, "runtime": actions}
 
 
 def drain(ctx, server, timeout=None):

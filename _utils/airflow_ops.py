@@ -187,14 +187,13 @@ class Context:
 
     def restart_allowed(self, minion, daemon):
         """Flap damping of a remediation of (minion, daemon): may it run now?"""
-        allowed, _ = self.core.damping(self.store.read_audit(), minion, daemon,
-                                       self.clock.now(), self.conf["max_attempts"],
-                                       self.conf["window"])
+        allowed, _ = self.core.damping(self.store.attempts(minion, daemon), self.clock.now(),
+                                       self.conf["max_attempts"], self.conf["window"])
         return allowed
 
     def damped(self, minion, daemon):
         """Audit and announce that remediation of (minion, daemon) stopped (flap damping)."""
-        _, count = self.core.damping(self.store.read_audit(), minion, daemon, self.clock.now(),
+        _, count = self.core.damping(self.store.attempts(minion, daemon), self.clock.now(),
                                      self.conf["max_attempts"], self.conf["window"])
         self.audit("alert", minion, daemon, f"{count} remediations in {self.conf['window']:g}s",
                    "damped")

@@ -8,12 +8,21 @@ The healing runner's files under ``state_dir`` (Salt utility module ``airflow_st
 * ``deployed``        flag: orch.deploy finished (``airflow.mark_deployed``)
 * ``locks/<name>.lock``  flock()s that keep two runner jobs off the same thing
 * ``lb.request``, ``lb.run``, ``lb.first``  timestamps of the reconcile_lb debounce
+  (read and written under the short lock ``lb-request``)
+* ``rate/<minion>.json``  per-minion event budget of ``remediate`` (``airflow_decide.rate_limit``)
+* ``attempts/<minion>--<daemon>.json``  epoch seconds of the remediation attempts that flap
+  damping counts (``audit(..., attempt=True)`` appends; ``attempts()`` reads), pruned to the
+  longest ``*window`` setting: a flood of other audit records cannot reset damping
 * ``drained.json``    api-servers drained on purpose (left alone by reconcile_lb)
 * the runtime pillar (``runtime_pillar``, default ``pillar/airflow_runtime.sls``) that
   persists the active scheduler
 
 ``Store(conf, clock)``: ``conf`` is the runner settings (``airflow_decide.settings``), ``clock``
 anything with ``now()`` and ``sleep(seconds)``. No Salt calls here.
+
+The small JSON files (``rate/``, ``attempts/``) are read and rewritten in place under a
+flock of the file itself, held for one small read and write: a blocking wait of microseconds,
+never behind a Salt call.
 """
 
 import contextlib
@@ -28,9 +37,24 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "airflow_store"
 
+#: At most this many attempt timestamps are kept per (minion, daemon), whatever the windows.
+ATTEMPTS_MAX = 1000
+
 
 def __virtual__():
     return __virtualname__
+
+
+def _epochs(values):
+    """The numbers of a stored list (anything else: empty)."""
+    return [float(t) for t in (values if isinstance(values, list) else [])
+            if isinstance(t, (int, float)) and not isinstance(t, bool)]
+
+
+def _attempt_key(minion, daemon):
+    if not isinstance(minion, str) or not isinstance(daemon, str):
+        raise ValueError(f"attempt of {minion!r}/{daemon!r}: minion and daemon must be names")
+    return f"{minion}--{daemon}"
 
 
 def _iso(ts):
@@ -44,6 +68,12 @@ class Store:
         self.state_dir = conf["state_dir"]
         self.runtime_pillar = conf["runtime_pillar"]
         self.clock = clock
+        # attempts are kept for the longest damping window (``window``, or any later
+        # ``<something>_window`` setting, e.g. of a cluster-wide failover counter)
+        self.attempt_keep = max([float(v) for k, v in conf.items()
+                                 if (k == "window" or k.endswith("_window"))
+                                 and isinstance(v, (int, float)) and not isinstance(v, bool)]
+                                or [0.0])
 
     def path(self, name):
         return os.path.join(self.state_dir, name)
@@ -79,6 +109,79 @@ class Store:
                 fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
 
+    @contextlib.contextmanager
+    def short_lock(self, name):
+        """
+        Blocking lock ``locks/<name>.lock`` for a few file reads and writes (never hold it
+        around a Salt call or a sleep: others wait for it).
+        """
+        self.ensure_dir()
+        lockdir = self.path("locks")
+        os.makedirs(lockdir, exist_ok=True)
+        with open(os.path.join(lockdir, name + ".lock"), "a+", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield True  # closing the file releases the lock
+
+    # ------------------------------------------------------------------ small JSON files
+    def _small(self, *parts):
+        """Path of ``<state_dir>/<dir>/<name>.json`` (names from ids: no path tricks)."""
+        for part in parts:
+            if not isinstance(part, str) or not part or "/" in part or "\0" in part \
+                    or part.startswith("."):
+                raise ValueError(f"not a file name: {part!r}")
+        return self.path(os.path.join(*parts) + ".json")
+
+    def read_json(self, *parts):
+        """Content of a small JSON file (None when missing or unreadable)."""
+        try:
+            with open(self._small(*parts), encoding="utf-8") as fh:
+                fcntl.flock(fh, fcntl.LOCK_SH)
+                return json.loads(fh.read() or "null")
+        except (OSError, ValueError):
+            return None
+
+    def update_json(self, parts, change):
+        """
+        Read-modify-write of a small JSON file under its flock. ``parts``: (dir, name);
+        ``change(old) -> (new, ret)`` gets the content (None when missing or junk) and
+        returns the new content and what update_json returns.
+        """
+        path = self._small(*parts)
+        self.ensure_dir()
+        os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        with os.fdopen(fd, "r+", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                old = json.loads(fh.read() or "null")
+            except ValueError:
+                old = None
+            new, ret = change(old)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps(new))
+            fh.flush()
+        return ret
+
+    # ------------------------------------------------------------------ damping attempts
+    def attempts(self, minion, daemon):
+        """
+        Epoch seconds of the recorded remediation attempts of (minion, daemon), oldest first
+        (``airflow_decide.damping`` counts them). Any key works, e.g. ('cluster', 'failover').
+        """
+        return _epochs(self.read_json("attempts", _attempt_key(minion, daemon)))
+
+    def record_attempt(self, minion, daemon, ts=None):
+        """Add an attempt of (minion, daemon) at ``ts`` (default now); returns the kept list."""
+        ts = self.clock.now() if ts is None else float(ts)
+        keep = self.attempt_keep
+
+        def change(old):
+            kept = sorted([t for t in _epochs(old) if ts - t <= keep] + [ts])[-ATTEMPTS_MAX:]
+            return kept, kept
+
+        return self.update_json(("attempts", _attempt_key(minion, daemon)), change)
+
     # ------------------------------------------------------------------ audit log
     def audit(self, action, minion=None, daemon=None, reason=None, outcome=None, attempt=False,
               **extra):
@@ -95,6 +198,11 @@ class Store:
         }
         if attempt:
             rec["attempt"] = True
+            try:  # damping reads this store, not the audit log
+                self.record_attempt(minion, daemon, now)
+            except (OSError, ValueError) as exc:
+                log.error("airflow healing: cannot record attempt of %s/%s: %s",
+                          minion, daemon, exc)
         rec.update(extra)
         line = json.dumps(rec, default=str)
         try:

@@ -148,20 +148,15 @@ def test_gate(maint, deployed, require, expected):
 # ------------------------------------------------------------------ damping, services
 def test_damping_counts_attempts_in_window_only():
     now = 10_000
-    hist = [
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 700},  # old
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 500},
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 100},
-        {"minion": "worker1", "daemon": "worker", "ts": now - 50},                   # not attempt
-        {"minion": "worker2", "daemon": "worker", "attempt": True, "ts": now - 10},   # other node
-        {"minion": "worker1", "daemon": "worker", "attempt": True, "ts": "junk"},      # unreadable
-    ]
-    assert D.damping(hist, "worker1", "worker", now, 3, 600) == (True, 2)
-    hist.append({"minion": "worker1", "daemon": "worker", "attempt": True, "ts": now - 1})
-    assert D.damping(hist, "worker1", "worker", now, 3, 600) == (False, 3)
-    # window slides: 400 s later only one attempt remains
-    assert D.damping(hist, "worker1", "worker", now + 400, 3, 600) == (True, 2)
-    assert D.damping(None, "worker1", "worker", now, 3, 600) == (True, 0)
+    attempts = [now - 700, now - 500, now - 100, "junk", None, True]   # old, 2 in, unreadable
+    assert D.damping(attempts, now, 3, 600) == (True, 2)
+    attempts.append(now - 1)
+    assert D.damping(attempts, now, 3, 600) == (False, 3)
+    # window slides: 400 s later only two remain
+    assert D.damping(attempts, now + 400, 3, 600) == (True, 2)
+    assert D.damping(None, now, 3, 600) == (True, 0)
+    assert D.damping("junk", now, 3, 600) == (True, 0)
+    assert D.damping((now,), now, 1, 600) == (False, 1)
 
 
 @pytest.mark.parametrize("daemon,probe,action", [
@@ -355,26 +350,41 @@ def test_starts_burst():
     assert not D.starts_burst(7.0, None)
 
 
-def test_debounce_decision():
-    assert D.debounce_decision(10.0, 10.0, None) == "run"
-    assert D.debounce_decision(10.0, 10.5, None) == "coalesced"   # newer request will run
-    assert D.debounce_decision(10.0, 10.0, 10.2) == "coalesced"   # a run started after us
-    assert D.debounce_decision(10.0, 10.0, 9.0) == "run"
-    assert D.debounce_decision(10.0, None, None) == "run"
+def test_debounce_decision_waits_for_quiet():
+    # no request stamp (a manual call that lost its file): run
+    assert D.debounce_decision(10.0, None, None, None, 2.0, 10.0) == ("run", 0.0)
+    # the last request came 0.5 s ago: wait the rest of the quiet period
+    assert D.debounce_decision(10.5, 10.0, 10.0, None, 2.0, 10.0) == ("wait", 1.5)
+    assert D.debounce_decision(12.0, 10.0, 10.0, None, 2.0, 10.0) == ("run", 0.0)
+    assert D.debounce_decision(10.0, 10.0, 10.0, 9.0, 0, 10.0) == ("run", 0.0)   # quiet 0
 
 
-def test_debounce_max_wait():
-    # a newer request is waiting, but the burst has waited max_wait since its first request
-    assert D.debounce_decision(20.0, 20.5, 1.0, first_pending_ts=10.0, now=22.0,
-                               max_wait=10) == "run"
-    assert D.debounce_decision(20.0, 20.5, 1.0, first_pending_ts=15.0, now=22.0,
-                               max_wait=10) == "coalesced"
-    assert D.debounce_decision(20.0, 20.5, 1.0, first_pending_ts=10.0, now=22.0,
-                               max_wait=0) == "coalesced"          # 0: no maximum
-    assert D.debounce_decision(20.0, 20.5, None, first_pending_ts=None, now=22.0,
-                               max_wait=10) == "coalesced"
-    assert D.debounce_decision(20.0, 20.5, 21.0, first_pending_ts=10.0, now=22.0,
-                               max_wait=10) == "coalesced"         # a run already covers it
+def test_debounce_decision_max_wait():
+    # a steady stream: quiet never comes, the burst runs max_wait after its first request
+    assert D.debounce_decision(19.0, 18.9, 10.0, 5.0, 2.0, 10.0) == ("wait", 1.0)
+    assert D.debounce_decision(20.0, 19.9, 10.0, 5.0, 2.0, 10.0) == ("run", 0.0)
+    assert D.debounce_decision(20.0, 19.9, 10.0, None, 2.0, 10.0) == ("run", 0.0)
+    # max_wait 0: no maximum
+    assert D.debounce_decision(20.0, 19.9, 10.0, 5.0, 2.0, 0) == ("wait", pytest.approx(1.9))
+    # a first stamp older than the last run belongs to a burst that run covered: no deadline
+    assert D.debounce_decision(20.0, 19.9, 10.0, 15.0, 2.0, 10.0)[0] == "wait"
+    assert D.debounce_decision(20.0, 19.9, 10.0, 10.0, 2.0, 10.0)[0] == "wait"
+
+
+def test_debounce_decision_future_stamps_are_bounded():
+    # the clock went back an hour: the leader waits one quiet period, not an hour
+    assert D.debounce_decision(100.0, 3700.0, 3700.0, None, 2.0, 10.0) == ("wait", 2.0)
+    assert D.debounce_decision(100.0, 3700.0, 3600.0, 50.0, 2.0, 1.0) == ("wait", 1.0)
+
+
+def test_lb_pending():
+    assert not D.lb_pending(None, None, 10.0)
+    assert not D.lb_pending(None, 5.0, 10.0)
+    assert D.lb_pending(5.0, None, 10.0)          # never ran
+    assert D.lb_pending(6.0, 5.0, 10.0)           # came after the run started
+    assert not D.lb_pending(5.0, 5.0, 10.0)       # the run started with it: covered
+    assert not D.lb_pending(4.0, 5.0, 10.0)
+    assert D.lb_pending(4.0, 50.0, 10.0)          # run start in the future: covers nothing
 
 
 def test_api_health():
@@ -472,3 +482,31 @@ def test_reconcile_plan():
     assert ("master2", "scheduler", "remediate") in D.reconcile_plan(
         T, "active-active", "master1", units, roles)
     assert D.reconcile_plan(T, "active-standby", "master1", None, None) == []
+# ------------------------------------------------------------------ rate limiting
+def test_rate_limit_fixed_window():
+    bucket, verdicts = None, []
+    for i in range(25):
+        bucket, verdict = D.rate_limit(bucket, 100.0 + i * 0.1, 20, 10)
+        verdicts.append(verdict)
+    assert verdicts == ["allow"] * 20 + ["audit"] + ["drop"] * 4   # one audit per window
+    assert bucket == {"start": 100.0, "count": 25, "previous_dropped": 0}
+    # the window ends: a new one starts, reporting what the previous one dropped
+    bucket, verdict = D.rate_limit(bucket, 110.0, 20, 10)
+    assert verdict == "allow" and bucket == {"start": 110.0, "count": 1, "previous_dropped": 5}
+    bucket, verdict = D.rate_limit(bucket, 111.0, 20, 10)
+    assert verdict == "allow" and bucket["count"] == 2 and bucket["previous_dropped"] == 5
+
+
+def test_rate_limit_junk_disabled_and_clock_back():
+    assert D.rate_limit("junk", 5.0, 2, 10) == ({"start": 5.0, "count": 1,
+                                                 "previous_dropped": 0}, "allow")
+    assert D.rate_limit({"start": 5.0, "count": "x"}, 6.0, 2, 10)[0]["count"] == 1
+    assert D.rate_limit({"start": True, "count": 3}, 6.0, 2, 10)[0]["start"] == 6.0
+    # a clock that went back starts a new window
+    assert D.rate_limit({"start": 50.0, "count": 9}, 6.0, 2, 10) == (
+        {"start": 6.0, "count": 1, "previous_dropped": 7}, "allow")
+    # 0: no limit, the bucket is left as it was
+    assert D.rate_limit({"start": 1.0, "count": 99}, 2.0, 0, 10) == (
+        {"start": 1.0, "count": 99}, "allow")
+    assert D.rate_limit(None, 2.0, 5, 0) == ({}, "allow")
+    assert D.rate_limit({"start": 1.0, "count": 1}, 2.0, 1, 10)[1] == "audit"

@@ -654,24 +654,138 @@ def test_reconcile_burst_coalesces_to_one(env):
     assert env.ops.funs().count("state.apply") == 1
 
 
-def test_reconcile_steady_stream_runs_after_max_wait(env):
+def _count_state_apply(env):
+    return env.ops.funs().count("state.apply")
+
+
+def test_reconcile_second_request_returns_at_once_and_the_leader_waits_for_it(env):
+    """Two requests: the second never sleeps; the leader runs quiet seconds after it."""
     env.ops.handler = _lb_handler([], {})
-    ctx = env.ctx()
-    # a burst pending for 20 s (lb_max_wait 10), and a newer request arrives during our quiet
-    ctx.store.write_ts("lb.first", env.clock.now() - 20)
-    ctx.store.write_ts("lb.run", env.clock.now() - 30)
-    env.clock.on_sleep = lambda s: ctx.store.write_ts("lb.request", env.clock.now())
+    t0 = env.clock.now()
+    second = {}
+
+    def another_request(seconds):
+        if not second:
+            env.clock.t += 0.2                      # the second event comes a little later
+            sleeps_before = len(env.clock.sleeps)
+            second["res"] = env.rn.reconcile_lb("t2")
+            second["slept"] = len(env.clock.sleeps) - sleeps_before
+            second["at"] = env.clock.now()
+
+    env.clock.on_sleep = another_request
+    res = env.rn.reconcile_lb("t1")
+    assert res["result"] == "ok"
+    assert second == {"res": {"result": "coalesced"}, "slept": 0, "at": second["at"]}
+    assert _count_state_apply(env) == 1
+    # the run started one quiet period (0.5 s) after the LAST request, not the first
+    assert env.ctx().store.read_ts("lb.run") == pytest.approx(second["at"] + 0.5)
+    assert env.ctx().store.read_ts("lb.run") > t0 + 0.5
+
+
+def test_reconcile_request_during_the_run_gets_a_second_run(env):
+    base = _lb_handler([], {})
+    during = []
+
+    def handler(minion, fun, args):
+        if fun == "state.apply" and not during:
+            env.clock.t += 1
+            during.append(env.rn.reconcile_lb("during the run")["result"])
+        return base(minion, fun, args)
+
+    env.ops.handler = handler
     assert env.rn.reconcile_lb("t")["result"] == "ok"
-    # without the long wait it would have yielded to the newer request
-    env.clock.t += 1
-    ctx.store.write_ts("lb.first", env.clock.now())
-    assert env.rn.reconcile_lb("t")["result"] == "coalesced"
+    assert during == ["coalesced"]
+    assert _count_state_apply(env) == 2            # the leader looped for it
+    assert [r["action"] for r in env.audit()] == ["reconcile_lb"] * 2
 
 
-def test_reconcile_busy(env):
+class _RaceStore:
+    """A Store whose ``lb`` lock runs ``hook`` after the leader's last check, before release."""
+
+    def __init__(self, store, hook):
+        self._store, self._hook = store, hook
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def lock(self, name, blocking=False, timeout=0):
+        import contextlib
+
+        inner = self._store.lock(name, blocking=blocking, timeout=timeout)
+
+        @contextlib.contextmanager
+        def wrapped():
+            with inner as got:
+                yield got
+                if name == "lb" and got:
+                    self._hook()
+        return wrapped()
+
+
+def test_reconcile_request_in_the_release_race_window_is_not_lost(env):
+    env.ops.handler = _lb_handler([], {})
+    real_store = env.rn.__utils__["airflow_store.store"]
+    late = []
+
+    def hook():
+        if not late:  # the leader checked, found nothing, and has not released the lock yet
+            env.clock.t += 1
+            late.append(env.rn.reconcile_lb("late")["result"])
+
+    env.rn.__utils__["airflow_store.store"] = lambda conf, clock: _RaceStore(
+        real_store(conf, clock), hook)
+    assert env.rn.reconcile_lb("t")["result"] == "ok"
+    assert late == ["coalesced"]                   # it found the lock taken and went away
+    assert _count_state_apply(env) == 2            # ... and the leader served it after release
+    assert env.ctx().store.read_ts("lb.run") > env.ctx().store.read_ts("lb.request") - 1e-9
+
+
+def test_reconcile_storm_only_the_leader_waits(env):
+    """500 events within 3 s: one thread waits, every other returns at once; few runs."""
+    env.ops.handler = _lb_handler([], {})
+    results, sleeps_by_others = [], []
+    t0 = env.clock.now()
+
+    def storm(seconds):
+        while len(results) < 500:                  # all of them during the leader's first wait
+            before = len(env.clock.sleeps)
+            results.append(env.rn.reconcile_lb("storm")["result"])
+            sleeps_by_others.append(len(env.clock.sleeps) - before)
+            env.clock.t += 3 / 500
+    env.clock.on_sleep = storm
+    assert env.rn.reconcile_lb("first")["result"] == "ok"
+    assert len(results) == 500 and set(results) == {"coalesced"}
+    assert sum(sleeps_by_others) == 0
+    assert _count_state_apply(env) == 1
+    # the leader ran one quiet period (0.5 s) after the last event, 4 s after the first
+    store = env.ctx().store
+    assert store.read_ts("lb.run") == pytest.approx(store.read_ts("lb.request") + 0.5)
+    assert store.read_ts("lb.run") - t0 == pytest.approx(0.5 + 499 * 3 / 500 + 0.5, abs=1e-3)
+
+
+def test_reconcile_steady_stream_runs_after_max_wait(env):
+    """A request every 0.8 s (lb_quiet 0.5 is never reached): the run comes at lb_max_wait."""
+    env.ops.handler = _lb_handler([], {})
+    t0 = env.clock.now()
+    results = []
+
+    def stream(seconds):
+        env.clock.t += 0.3
+        results.append(env.rn.reconcile_lb("stream")["result"])
+
+    env.clock.on_sleep = stream
+    assert env.rn.reconcile_lb("t")["result"] == "ok"
+    assert _count_state_apply(env) == 1 and len(results) > 10
+    assert set(results) == {"coalesced"}
+    assert 10 <= env.ctx().store.read_ts("lb.run") - t0 < 11     # lb_max_wait 10
+
+
+def test_reconcile_coalesces_while_another_leads(env):
     with env.ctx().store.lock("lb"):
-        env.rn.__opts__["airflow_healing"]["lb_apply_timeout"] = 0
-        assert env.rn.reconcile_lb("t", quiet=0) == {"result": "busy"}
+        assert env.rn.reconcile_lb("t", quiet=0) == {"result": "coalesced"}
+    assert env.clock.sleeps == [] and env.ops.calls == []
+    # ... and the leader sees the request it left behind
+    assert env.ctx().store.read_ts("lb.request") == env.clock.now()
 
 
 def test_drain_waits_for_zero_sessions_then_maint(env):
@@ -740,3 +854,122 @@ def test_real_clock_and_ops_factories(monkeypatch):
     assert slept == [3]
     ops = ops_mod.salt_ops({"sock_dir": "/nonexistent"}, {"ping_timeout": 2, "probe_timeout": 20})
     assert ops.present([]) == []
+
+
+# ------------------------------------------------------------------ rate limiting (event storms)
+def _count_grains_reads(env):
+    reads = []
+    real = env.ops.grains_cache
+
+    def counted(tgt="*"):
+        reads.append(tgt)
+        return real(tgt)
+
+    env.ops.grains_cache = counted
+    return reads
+
+
+def test_rate_limit_drops_a_flood_before_any_work_and_audits_once(env):
+    env.ops.handler = lambda m, f, a: {"status": "ok"}
+    reads = _count_grains_reads(env)
+    results = [env.rn.remediate("worker1", "worker", status="hung")["result"]
+               for _ in range(100)]
+    assert results == ["ignored"] * 20 + ["rate-limited"] * 80     # rate_limit_events 20
+    assert len(reads) == 20 and len(env.ops.calls) == 20           # nothing for the other 80
+    limited = [r for r in env.audit() if r["action"] == "rate-limited"]
+    assert len(limited) == 1                                       # one per window, not 80
+    assert (limited[0]["minion"], limited[0]["count"], limited[0]["outcome"]) == (
+        "worker1", 21, "rate-limited")
+    assert "previous_dropped" not in limited[0]
+    assert len(env.audit()) == 21
+    # other minions have their own budget
+    assert env.rn.remediate("master1", "dag-processor")["result"] == "ignored"
+
+
+def test_rate_limit_window_resets(env):
+    env.ops.handler = lambda m, f, a: {"status": "ok"}
+    for _ in range(25):
+        env.rn.remediate("worker1", "worker")
+    assert env.rn.remediate("worker1", "worker")["result"] == "rate-limited"
+    env.clock.t += 10                                              # rate_limit_window 10
+    assert [env.rn.remediate("worker1", "worker")["result"] for _ in range(21)] == \
+        ["ignored"] * 20 + ["rate-limited"]
+    limited = [r for r in env.audit() if r["action"] == "rate-limited"]
+    assert len(limited) == 2 and limited[1]["previous_dropped"] == 6
+    assert json.loads((env.tmp / "rate" / "worker1.json").read_text())["count"] == 21
+
+
+def test_rate_limit_invalid_ids_share_one_bucket(env):
+    reads = _count_grains_reads(env)
+    for i in range(20):
+        bad = [None, "a;b", {"id": 1}, "../etc"][i % 4]
+        assert env.rn.remediate(bad, "worker")["result"] == "ignored"
+    assert env.rn.remediate("x y", "worker")["result"] == "rate-limited"
+    assert len(reads) == 20
+    assert (env.tmp / "rate" / "?.json").exists()
+    assert sorted(p.name for p in (env.tmp / "rate").iterdir()) == ["?.json"]
+    assert [r["minion"] for r in env.audit() if r["action"] == "rate-limited"] == ["?"]
+    env.ops.handler = lambda m, f, a: {"status": "ok"}
+    assert env.rn.remediate("worker1", "worker")["result"] == "ignored"   # not that bucket
+
+
+def test_rate_limit_can_be_switched_off(env):
+    env.rn.__opts__["airflow_healing"]["rate_limit_events"] = 0
+    env.ops.handler = lambda m, f, a: {"status": "ok"}
+    assert {env.rn.remediate("worker1", "worker")["result"] for _ in range(50)} == {"ignored"}
+
+
+def test_rate_limit_default_never_drops_a_legitimate_beacon(env):
+    """
+    The beacon fires at most one event per daemon per check (a change, or the 30 s re-fire).
+    Worst legitimate cases within one window: every daemon of a master flapping at every
+    check, and every daemon of an all-in-one node going down and coming back.
+    """
+    import yaml
+
+    D, T = MODS["airflow_decide"], MODS["airflow_daemons"]
+    healing = yaml.safe_load((ROOT / "salt/airflow/defaults.yaml").read_text())["airflow"][
+        "healing"]
+    limit = D.RUNNER_DEFAULTS["rate_limit_events"]
+    window = D.RUNNER_DEFAULTS["rate_limit_window"]
+    checks_per_window = int(window // healing["interval"]) + 1
+    per_role = {}
+    for row in T.DAEMONS:
+        per_role[row["role"]] = per_role.get(row["role"], 0) + 1
+    assert max(per_role.values()) * checks_per_window <= limit
+    assert len(T.DAEMONS) * 2 <= limit
+    assert healing["refire"] >= window            # a re-fire adds at most one per window
+    # and for real: a master's daemons reporting at every check of a window
+    lb = _lb_handler([], {})
+    env.ops.handler = lambda m, f, a: {"status": "ok", "fresh": ["master1"]} if f in (
+        "airflow_health.probe", "airflow_health.scheduler_heartbeat") else lb(m, f, a)
+    on_master = [r["name"] for r in T.DAEMONS if r["role"] == "airflow-master"]
+    results = []
+    for check in range(checks_per_window):
+        env.clock.t = 1_700_000_000.0 + check * healing["interval"]
+        results += [env.rn.remediate("master2", d)["result"] for d in on_master]
+    assert len(results) == max(per_role.values()) * checks_per_window
+    assert "rate-limited" not in results and set(results) == {"ignored", "ok"}
+
+
+def test_damping_survives_a_flood_of_other_audit_records(env):
+    state = {"restarted": False}
+
+    def handler(minion, fun, args):
+        if fun == "airflow_health.probe":
+            healthy, state["restarted"] = state["restarted"], False
+            return {"status": "ok" if healthy else "dead"}
+        if fun == "airflow_health.restart":
+            state["restarted"] = True
+        return True
+
+    env.ops.handler = handler
+    for _ in range(3):
+        assert env.rn.remediate("worker1", "worker")["result"] == "recovered"
+    ctx = env.ctx()
+    for i in range(5000):                     # e.g. ignored/spoofed events, other minions
+        ctx.audit("ignored", "worker9", "worker", f"flood {i}", "ignored")
+    assert len(ctx.store.read_audit()) == 2000     # the attempts fell out of that view
+    env.clock.t += 11                              # a fresh rate-limit window
+    assert env.rn.remediate("worker1", "worker")["result"] == "damped"
+    assert len(ctx.store.attempts("worker1", "worker")) == 3
