@@ -40,12 +40,14 @@ RUNNER_DEFAULTS = {
     "drain_timeout": 120,
     "rate_limit_events": 20,
     "rate_limit_window": 10,
+    "failover_max_attempts": 3,
+    "failover_window": 3600,
     "default_mode": "active-standby",
 }
 _BOOLEAN_KEYS = ("dry_run", "require_deploy")
-_INTEGER_KEYS = ("max_attempts", "rate_limit_events")
-_NUMBER_KEYS = ("window", "scheduler_start_timeout", "ping_timeout", "probe_timeout",
-                "worker_verify_timeout", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
+_INTEGER_KEYS = ("max_attempts", "failover_max_attempts", "rate_limit_events")
+_NUMBER_KEYS = ("window", "failover_window", "scheduler_start_timeout", "ping_timeout",
+                "probe_timeout", "worker_verify_timeout", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
                 "drain_timeout", "rate_limit_window")
 #: Keys that moved to the node settings file; still accepted in the master config, not used.
 RUNNER_RETIRED_KEYS = ("heartbeat_stale", "scheduler_start_grace")

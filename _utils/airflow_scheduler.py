@@ -188,6 +188,17 @@ def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
     if not core.failover_needed(heartbeat, old_names, manual=reason == "manual"):
         ctx.audit("failover", failed, "scheduler", reason, "not-needed")
         return {"result": "not-needed", "heartbeat": heartbeat}
+    # damped cluster-wide: a cause that crashes every scheduler must not move it back and
+    # forth forever (a manual failover is an operator's call and always proceeds)
+    conf = ctx.conf
+    allowed, count = core.damping(ctx.store.attempts("cluster", "failover"), clock.now(),
+                                  conf["failover_max_attempts"], conf["failover_window"])
+    if not allowed and reason != "manual":
+        ctx.audit("alert", failed, "scheduler",
+                  f"{count} failovers in {conf['failover_window']:g}s", "failover-damped")
+        ops.fire("airflow/alert/scheduler/failover-damped",
+                 {"failovers": count, "window": conf["failover_window"], "reason": reason})
+        return {"result": "failover-damped", "failovers": count}
     candidates = {
         m: core.candidate(ops.one(m, "airflow_health.check", [],
                                   timeout=ctx.conf["probe_timeout"]))
@@ -211,6 +222,7 @@ def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
         return {"result": "refused", "fence": fence, "heartbeat": heartbeat}
     # persist (later highstates keep it), then start it right away
     ctx.store.write_runtime_pillar(core.runtime_pillar_text(ctx.table, new))
+    ctx.store.record_attempt("cluster", "failover")
     ops.one(new, "airflow_health.start", ["scheduler"], kwarg={"enable": True}, timeout=90)
     ops.cmd_async(others, "saltutil.refresh_pillar")
     outcome = _verify(ctx, new, core.node_names(new, cache.get(new)))

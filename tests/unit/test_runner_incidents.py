@@ -167,3 +167,21 @@ def test_reconcile_active_active_has_no_fencing(env, mode):
     env.ops.handler = _reconcile_handler(units, hb={"status": "ok",
                                                     "fresh": ["master1", "master2"]})
     assert env.rn.reconcile()["result"] == "in-sync"
+
+
+def test_failover_is_damped_cluster_wide(env):
+    env.ops.alive.discard("master1")
+    ctx = env.ctx()
+    for _ in range(3):  # three automatic failovers within the hour already
+        ctx.store.record_attempt("cluster", "failover")
+    env.ops.handler = _scheduler_handler(STALE)
+    res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
+    assert res == {"result": "failover-damped", "failovers": 3}
+    assert env.ops.fired[-1][0] == "airflow/alert/scheduler/failover-damped"
+    assert env.audit()[-1]["outcome"] == "failover-damped"
+    assert "airflow_health.start" not in env.ops.funs() and _runtime_active(env) is None
+    # an operator's manual failover is not damped; the window slides
+    assert env.rn.failover_scheduler("manual")["result"] in ("ok", "unverified")
+    env.clock.t += 3601
+    assert env.rn.failover_scheduler("presence", failed="master2",
+                                     failed_reachable=False)["result"] != "failover-damped"
