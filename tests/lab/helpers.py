@@ -146,8 +146,9 @@ def enable_healing(lab, worker=WORKER):
     status = salt_run_json(lab, "airflow.status", timeout=300) or {}
     if not status.get("deployed"):
         salt_run_json(lab, "airflow.mark_deployed")
-    sh(lab, "salt", "test -f /var/lib/airflow-salt/audit.jsonl && "
-       "mv /var/lib/airflow-salt/audit.jsonl /var/lib/airflow-salt/audit.jsonl.$(date +%s)")
+    # damping counters (attempts/) and rate-limit windows (rate/) live apart from the audit log
+    sh(lab, "salt", "cd /var/lib/airflow-salt && rm -rf attempts rate && "
+       "{ test -f audit.jsonl && mv audit.jsonl audit.jsonl.$(date +%s) || true; }")
     beacons = salt_json(lab, worker, "beacons.list", "return_yaml=False").get(worker)
     assert "airflow_health" in json.dumps(beacons), f"beacon not configured on {worker}: {beacons}"
     wait_for(lambda: worker_ping_ok(lab, worker), 120, every=3, what=f"{worker} answering")

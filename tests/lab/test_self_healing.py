@@ -4,7 +4,6 @@ Every test records detection/recovery times into results/self-healing.jsonl.
 Order matters only for speed; every test leaves the cluster healthy (a scheduler running on
 some master, all workers answering) and none depends on master1 being the active scheduler.
 """
-import json
 import threading
 import time
 
@@ -12,145 +11,20 @@ import pytest
 import requests
 
 LB = "http://10.77.0.30:8080"
-
-WORKER = "worker1"
 MASTERS = ("master1", "master2")
 
 
-# ------------------------------------------------------------------ helpers
-def sh(lab, node, cmd, check=False, timeout=120):
-    return lab.exec_on(node, ["/bin/sh", "-c", cmd], check=check, timeout=timeout)
-
-
-def _json(text, default):
-    """First JSON document in text (salt may print warnings around it)."""
-    text = text or ""
-    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
-    if not starts:
-        return default
-    try:
-        return json.JSONDecoder().raw_decode(text[min(starts):])[0]
-    except ValueError:
-        return default
-
-
-def salt_json(lab, *argv, timeout=120):
-    p = lab.salt("salt", "--out=json", "--static", "--timeout=30", *argv, check=False,
-                 timeout=timeout)
-    res = _json(p.stdout, {})
-    return res if isinstance(res, dict) else {}
-
-
-def salt_run_json(lab, *argv, timeout=300):
-    p = lab.salt("salt-run", "--out=json", *argv, check=False, timeout=timeout)
-    return _json(p.stdout, None)
-
-
-def wait_for(fn, timeout, every=0.5, what="condition"):
-    """Poll fn until it returns something truthy; (seconds waited, that value). Fails at the deadline."""
-    t0 = time.monotonic()
-    last = None
-    while time.monotonic() - t0 < timeout:
-        last = fn()
-        if last:
-            return time.monotonic() - t0, last
-        time.sleep(every)
-    raise AssertionError(f"timeout {timeout}s waiting for {what} (last: {last!r})")
-
-
-def hold(fn, seconds, every=1.0, what="condition"):
-    """fn must stay truthy at every poll for `seconds` (an observation window, not a sleep:
-    it fails at the first poll that breaks the condition). Returns the polls made."""
-    deadline = time.monotonic() + seconds
-    polls = 0
-    while True:
-        res = fn()
-        polls += 1
-        assert res, f"{what} broke after {polls} polls ({res!r})"
-        if time.monotonic() >= deadline:
-            return polls
-        time.sleep(every)
-
-
-def worker_ping_ok(lab, node=WORKER):
-    res = salt_json(lab, node, "airflow_health.worker_ping", "timeout=2").get(node)
-    return isinstance(res, dict) and res.get("status") == "ok"
-
-
-def main_pid(lab, node, unit):
-    out = sh(lab, node, f"systemctl show -p MainPID --value {unit}").stdout.strip()
-    return int(out or 0)
-
-
-def active_for(lab, node, unit):
-    """Seconds unit has been active in node (0 if it is not). The nodes share the host's
-    CLOCK_MONOTONIC, which systemd's *TimestampMonotonic values are on."""
-    out = sh(lab, node, f"systemctl show -p ActiveState,ActiveEnterTimestampMonotonic {unit}").stdout
-    props = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
-    if props.get("ActiveState") != "active" or not props.get("ActiveEnterTimestampMonotonic", "0").isdigit():
-        return 0.0
-    return max(0.0, time.monotonic() - int(props["ActiveEnterTimestampMonotonic"]) / 1e6)
-
-
-def start_grace(lab, node=WORKER):
-    """The healing layer's start grace (a daemon younger than this is not judged), from the
-    node's pillar; 20 s (the default) when it is not set there."""
-    res = salt_json(lab, node, "pillar.get", "airflow:healing:start_grace").get(node)
-    try:
-        return float(res) if res not in (None, "") else 20.0
-    except (TypeError, ValueError):
-        return 20.0
-
-
-def heartbeat(lab, via):
-    res = salt_json(lab, via, "airflow_health.scheduler_heartbeat", "stale_seconds=15").get(via)
-    return res if isinstance(res, dict) else {}
-
-
-def audit_since(lab, t_wall, **match):
-    recs = salt_run_json(lab, "airflow.audit_log", "limit=200") or []
-    return [r for r in recs if r.get("ts", 0) >= t_wall
-            and all(r.get(k) == v for k, v in match.items())]
-
-
-def haproxy_servers(lab):
-    """{server: (status, scur)} of backend airflow_api from the runtime socket on infra."""
-    script = (
-        "import socket,csv,io,json\n"
-        "s=socket.socket(socket.AF_UNIX);s.connect('/run/haproxy/admin.sock')\n"
-        "s.sendall(b'show stat\\n');d=b''\n"
-        "while True:\n  c=s.recv(65536)\n  if not c: break\n  d+=c\n"
-        "t=d.decode().lstrip('# ')\n"
-        "print(json.dumps({r['svname']:[r['status'],r['scur']] for r in csv.DictReader(io.StringIO(t))"
-        " if r['pxname']=='airflow_api' and r['svname'] not in ('FRONTEND','BACKEND')}))\n"
-    )
-    p = lab.exec_on("infra", ["python3", "-c", script], check=False, timeout=20)
-    try:
-        return json.loads(p.stdout)
-    except ValueError:
-        return {}
+# ------------------------------------------------------------------ helpers (tests/lab/helpers.py)
+from helpers import (  # noqa: E402
+    WORKER, active_for, active_scheduler, audit_since, enable_healing, haproxy_servers,
+    heartbeat, hold, main_pid, salt_json, salt_run_json, sh, start_grace, wait_for,
+    worker_ping_ok)
 
 
 @pytest.fixture(scope="module")
 def healing(lab):
     """Healing enabled: modules/beacons synced, deploy marked, maintenance off, damping reset."""
-    lab.salt("salt", "*", "saltutil.sync_all", check=False, timeout=300)
-    salt_run_json(lab, "airflow.maintenance", "off")
-    status = salt_run_json(lab, "airflow.status", timeout=300) or {}
-    if not status.get("deployed"):
-        salt_run_json(lab, "airflow.mark_deployed")
-    # earlier runs' remediations must not damp this run's (max 3 per 10 min)
-    sh(lab, "salt", "test -f /var/lib/airflow-salt/audit.jsonl && "
-       "mv /var/lib/airflow-salt/audit.jsonl /var/lib/airflow-salt/audit.jsonl.$(date +%s)")
-    beacons = salt_json(lab, WORKER, "beacons.list", "return_yaml=False").get(WORKER)
-    assert "airflow_health" in json.dumps(beacons), f"beacon not configured on {WORKER}: {beacons}"
-    wait_for(lambda: worker_ping_ok(lab), 120, every=3, what="worker1 answering")
-    return lab
-
-
-def active_scheduler(lab):
-    res = salt_run_json(lab, "airflow.active_scheduler") or {}
-    return res.get("active")
+    return enable_healing(lab)
 
 
 # ------------------------------------------------------------------ 1. crash -> systemd
