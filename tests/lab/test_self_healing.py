@@ -15,7 +15,7 @@ MASTERS = ("master1", "master2")
 
 
 # ------------------------------------------------------------------ helpers (tests/lab/helpers.py)
-from helpers import (  # noqa: E402
+from tests.lab.helpers import (  # noqa: E402
     WORKER, active_for, active_scheduler, audit_since, enable_healing, haproxy_servers,
     heartbeat, hold, main_pid, salt_json, salt_run_json, sh, start_grace, wait_for,
     worker_ping_ok)
