@@ -5,8 +5,10 @@ real on a master with the Airflow venv's python, as the unit's user, against Pos
     it refuses (exit 1) and names the active master;
 (b) against a scratch database on the lab's PostgreSQL (a `job` table with a SchedulerJob row of
     another host whose heartbeat is old, pointed at with a scratch airflow.cfg through
-    AIRFLOW_CONFIG): it allows (exit 0). The guard also allows when it cannot read the metastore,
-    so (b) is only believed together with its control: the same scratch row made fresh is refused.
+    AIRFLOW_CONFIG): it allows (exit 0), and its control: the same scratch row made fresh is
+    refused (exit 1), so the scratch database was really read;
+(c) against a metastore it cannot reach (a scratch airflow.cfg naming a closed port): it fails
+    closed with exit 255 (systemd: failed, Restart= retries), never 0 (start) or 1 (skip).
 
 Nothing of the running cluster changes: the guard only reads; the scratch role, database, pg_hba
 lines and config are removed afterwards. Passwords go through stdin and files, never argv.
@@ -59,8 +61,10 @@ class Guard:
         self.lab, self.node = lab, node
         out = sh(lab, node, "systemctl show -p ExecCondition,User,Environment airflow-scheduler").stdout
         props = dict(ln.split("=", 1) for ln in out.splitlines() if "=" in ln)
-        m = re.search(r"argv\[\]=(.*?) ;", props.get("ExecCondition", ""))
-        assert m, f"{node}: airflow-scheduler has no ExecCondition: {props}"
+        # one ExecCondition= line per command: the dependency wait first, then the guard
+        conditions = [ln for ln in out.splitlines() if ln.startswith("ExecCondition=")]
+        m = next(filter(None, (re.search(r"argv\[\]=(.*?scheduler-guard\S*) ;", c) for c in conditions)), None)
+        assert m, f"{node}: airflow-scheduler has no scheduler-guard ExecCondition: {conditions}"
         self.argv = m.group(1).split()
         self.user = props.get("User") or "root"
         self.env = props.get("Environment", "").split()
@@ -183,7 +187,7 @@ def test_guard_allows_when_the_other_heartbeat_is_stale(lab, placement, scratch_
     rc, out = guard.run(env)
     print(f"guard on {standby}, {OTHER} stale by {old}s: rc={rc}: {out}")
     assert rc == 0, out
-    # allowed because it read the table, not because it could not reach it (that allows too)
+    # allowed because it read the table (an unreadable one exits 255, see the test below)
     assert "no other live scheduler" in out, out
 
     # control: the same row made fresh is refused, so the scratch database was really read
@@ -193,3 +197,24 @@ def test_guard_allows_when_the_other_heartbeat_is_stale(lab, placement, scratch_
     assert rc2 == 1 and OTHER in out2 and "refusing" in out2, out2
     results_file("scheduler-guard", {"case": "scratch_db_stale_allows", "node": standby, "rc": rc,
                                      "stale_by_s": old, "control_fresh_rc": rc2})
+
+
+def test_guard_fails_closed_when_the_metastore_is_unreachable(lab, placement, results_file):
+    """(c): nothing listens on 127.0.0.1:1 on the master; no real password in the scratch config."""
+    _, standby, _ = placement
+    guard = Guard(lab, standby)
+    if not guard.knows_airflow_config:
+        pytest.skip(f"the scheduler guard installed on {standby} has no AIRFLOW_CONFIG override yet")
+    cfgdir = f"/run/{SCRATCH}-unreachable"
+    cfgfile = f"{cfgdir}/airflow.cfg"
+    cfg = "[database]\nsql_alchemy_conn = postgresql+psycopg2://nobody:x@127.0.0.1:1/nothing\n"
+    try:
+        sh(lab, standby, f"install -d -m 0700 -o {shlex.quote(guard.user)} {cfgdir} && "
+                         f"runuser -u {shlex.quote(guard.user)} -- sh -c 'cat > {cfgfile}'", input=cfg)
+        rc, out = guard.run([f"AIRFLOW_CONFIG={cfgfile}"])
+    finally:
+        sh(lab, standby, f"rm -rf {cfgdir}", check=False)
+    print(f"guard on {standby}, metastore unreachable: rc={rc}: {out}")
+    assert rc == 255, out
+    assert "not starting" in out, out
+    results_file("scheduler-guard", {"case": "unreachable_fails_closed", "node": standby, "rc": rc})

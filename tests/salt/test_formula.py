@@ -277,7 +277,11 @@ def test_no_mine_lookup_in_map_jinja_import_path():
     imports = re.compile(r"\{%-?\s*(from|import)\s+[^%]*hosts\.jinja")
     users = sorted(str(p.relative_to(salt_dir)) for p in salt_dir.rglob("*")
                    if p.is_file() and p.name != "hosts.jinja" and imports.search(p.read_text(errors="replace")))
-    assert users == ["files/haproxy.cfg.jinja", "migrate.sls", "scheduler.sls", "settings.jinja"], users
+    # macros.jinja: inside daemon() only (the dependency wait's hosts), no lookup on import
+    assert users == ["files/haproxy.cfg.jinja", "macros.jinja", "migrate.sls", "scheduler.sls",
+                     "settings.jinja"], users
+    head, body = (salt_dir / "macros.jinja").read_text().split("{%- macro daemon(", 1)
+    assert not imports.search(head) and imports.search(body.split("{%- endmacro %}", 1)[0])
     hosts = (salt_dir / "hosts.jinja").read_text()
     assert len(re.findall(r"salt\['mine\.get'\]", hosts)) == 2  # the one lookup + the per-role fallback
 

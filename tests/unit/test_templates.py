@@ -18,7 +18,7 @@ def env():
 
 UNIT_CONTEXT = dict(name="worker", description="Celery worker", command="celery worker --concurrency 4",
                     home="/opt/airflow", venv="/opt/airflow/venv", user="airflow", group="airflow",
-                    exec_condition="", start_limit_interval_sec=300, start_limit_burst=10,
+                    exec_condition="", wait_for_deps="", dependency_wait=60,
                     restart_sec=2, timeout_stop_sec=120)
 
 
@@ -36,8 +36,10 @@ def _sections(text):
 def test_unit_restart_policy_and_start_limit_in_unit_section(env):
     text = env.get_template("airflow/files/airflow-daemon.service.jinja").render(**UNIT_CONTEXT)
     s = _sections(text)
-    assert "StartLimitIntervalSec=300" in s["Unit"] and "StartLimitBurst=10" in s["Unit"]
+    # no start-limit state ever (tests/salt/test_unit_policy.py covers the dependency wait)
+    assert "StartLimitIntervalSec=0" in s["Unit"]
     assert not any(line.startswith("StartLimit") for line in s["Service"])
+    assert not any(line.startswith("ExecStartPre") for line in s["Service"])
     for line in ["User=airflow", "Environment=AIRFLOW_HOME=/opt/airflow",
                  "ExecStart=/opt/airflow/venv/bin/airflow celery worker --concurrency 4",
                  "Restart=on-failure", "RestartSec=2", "KillMode=mixed", "TimeoutStopSec=120"]:

@@ -3,9 +3,11 @@
     again (vhost + user stay unless airflow:clean:purge_data). -#}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/map.jinja' import airflow, secret with context %}
-{%- from tplroot ~ '/macros.jinja' import role_marker with context %}
+{%- from tplroot ~ '/macros.jinja' import role_marker, restart_dropin with context %}
 {%- set br = airflow.broker %}
 {%- if not br.external %}
+include:
+  - airflow.systemd
 
 airflow-broker-package:
   pkg.installed:
@@ -13,12 +15,17 @@ airflow-broker-package:
     # rabbitmq_* states need rabbitmqctl: load them again after the install.
     - reload_modules: True
 
+{#- Debian's unit has Restart=on-failure already, but the default start limit (5 in 10 s). #}
+{{ restart_dropin(airflow, 'broker', 'rabbitmq', 'rabbitmq-server', 'on-failure') }}
+
 airflow-broker-service:
   service.running:
     - name: rabbitmq-server
     - enable: True
     - require:
       - pkg: airflow-broker-package
+      - module: airflow-systemd-daemon-reload
+      - cmd: airflow-broker-rabbitmq-reset-failed
 
 airflow-broker-vhost:
   rabbitmq_vhost.present:

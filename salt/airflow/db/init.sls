@@ -3,10 +3,15 @@
     the role away again (the data stays unless airflow:clean:purge_data). -#}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/map.jinja' import airflow, secret with context %}
-{%- from tplroot ~ '/macros.jinja' import role_marker with context %}
+{%- from tplroot ~ '/macros.jinja' import role_marker, restart_dropin with context %}
 {%- set db = airflow.database %}
 {%- if not db.external and db.driver == 'postgresql' %}
 {%- set pgconf = '/etc/postgresql/' ~ db.postgresql_version ~ '/main' %}
+{#- The server itself: `postgresql` is only a wrapper that stays "active (exited)" while the
+    cluster unit below is dead (and Debian ships that one with Restart=no). #}
+{%- set cluster = 'postgresql@' ~ db.postgresql_version ~ '-main' %}
+include:
+  - airflow.systemd
 
 airflow-db-packages:
   pkg.installed:
@@ -42,12 +47,26 @@ airflow-db-pg-hba:
     - require:
       - pkg: airflow-db-packages
 
+{{ restart_dropin(airflow, 'db', 'postgresql', cluster, 'on-failure') }}
+
+# Restarting the wrapper restarts the cluster too (PartOf=postgresql.service).
 airflow-db-service:
   service.running:
     - name: postgresql
     - enable: True
+    - require:
+      - pkg: airflow-db-packages
+      - module: airflow-systemd-daemon-reload
+      - cmd: airflow-db-postgresql-reset-failed
     - watch:
       - file: airflow-db-config
+
+airflow-db-cluster-service:
+  service.running:
+    - name: {{ cluster }}
+    - enable: True
+    - require:
+      - service: airflow-db-service
 
 airflow-db-reload:
   module.run:
@@ -56,7 +75,7 @@ airflow-db-reload:
     - onchanges:
       - file: airflow-db-pg-hba
     - require:
-      - service: airflow-db-service
+      - service: airflow-db-cluster-service
 
 airflow-db-role:
   postgres_user.present:
@@ -66,7 +85,7 @@ airflow-db-role:
     - login: True
     - user: postgres
     - require:
-      - service: airflow-db-service
+      - service: airflow-db-cluster-service
 
 airflow-db-database:
   postgres_database.present:

@@ -3,7 +3,10 @@
     config is checked with `haproxy -c` and then reloaded. airflow.lb.clean takes it away again. -#}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/libtofs.jinja' import files_switch with context %}
-{%- from tplroot ~ '/macros.jinja' import role_marker with context %}
+{%- from tplroot ~ '/map.jinja' import airflow with context %}
+{%- from tplroot ~ '/macros.jinja' import role_marker, restart_dropin with context %}
+include:
+  - airflow.systemd
 
 airflow-lb-package:
   pkg.installed:
@@ -24,11 +27,18 @@ airflow-lb-config:
     - require:
       - pkg: airflow-lb-package
 
+{#- Debian's unit has Restart=always already (RestartSec 100 ms), and the default start limit. #}
+{{ restart_dropin(airflow, 'lb', 'haproxy', 'haproxy', 'always') }}
+
 airflow-lb-service:
   service.running:
     - name: haproxy
     - enable: True
     - reload: True
+    - require:
+      - pkg: airflow-lb-package
+      - module: airflow-systemd-daemon-reload
+      - cmd: airflow-lb-haproxy-reset-failed
     - watch:
       - file: airflow-lb-config
 
