@@ -130,9 +130,8 @@ def test_ports(path):
 
 def test_zero_allowed_where_systemd_allows_it():
     assert _errors("systemd:restart_sec", 0) == []
-    assert _errors("systemd:start_limit_interval_sec", 0) == []
-    assert _errors("systemd:start_limit_burst", 0) == \
-        ["airflow:systemd:start_limit_burst must be an integer >= 1, not 0"]
+    assert _errors("systemd:dependency_wait", 0) == \
+        ["airflow:systemd:dependency_wait must be an integer >= 1, not 0"]
     assert _errors("systemd:restart_sec", -1) == ["airflow:systemd:restart_sec must be an integer >= 0, not -1"]
 
 
