@@ -210,3 +210,35 @@ def test_worker_not_hung_during_start_grace(bcn):
 
 def test_long_detail_is_shortened(bcn):
     assert bcn._short("x" * 1000).endswith("...") and len(bcn._short("x" * 1000)) == 503
+
+
+def test_memory_survives_a_module_reload(tmp_path):
+    """A highstate reloads the beacon module (saltutil.sync_beacons): what it reported must not
+    be forgotten, or a daemon that recovered during the state run is never reported healthy."""
+    status = {"api-server": "dead"}
+
+    def load():
+        mod = _load("airflow_health_beacon", "_beacons/airflow_health.py")
+        mod.log.disabled = True
+        mod._clock = Clock()
+        mod.__opts__ = {"cachedir": str(tmp_path)}
+        mod.__salt__ = {"airflow_health.daemons": TABLE.table,
+                        "airflow_health.probe": lambda d: {"status": status[d]}}
+        return mod
+
+    first = load()
+    assert [e["status"] for e in first.beacon([{"checks": ["api-server"]}])] == ["dead"]
+    assert (tmp_path / first.STATE_FILE).exists()
+    status["api-server"] = "ok"  # recovered while the beacon was silent, then reloaded
+    second = load()
+    events = second.beacon([{"checks": ["api-server"]}])
+    assert [(e["status"], e["previous"]) for e in events] == [("ok", "dead")]
+    # a blocked probe (metastore down) is no evidence: no event, the memory stays
+    status["api-server"] = "blocked"
+    assert second.beacon([{"checks": ["api-server"]}]) == []
+    assert second._STATE["api-server"]["status"] == "ok"
+
+
+def test_split_scheduler_is_unhealthy(bcn):
+    assert bcn.transition("ok", "split", 0, 100, 30) == (True, "split")
+    assert bcn.transition("split", "split", 0, 100, 30) == (True, "split")  # re-fire
