@@ -26,7 +26,7 @@ lint: venv
 # Fast tier: real salt-master and minions (pytest-salt-factories) + unit tests. Under 5 minutes.
 check: lint
 	@echo "== fast tier: tests/unit tests/salt"
-	$(PYTEST) -q --timeout=300 tests/unit tests/salt
+	$(PYTEST) -q --timeout=300 --durations=10 tests/unit tests/salt
 
 # The main job: build the base image (cached), boot the nodes, install Salt, deploy the cluster.
 lab: host-deps
@@ -41,7 +41,7 @@ lab-status:
 # Lab tier: deploys onto real Debian nodes (systemd-nspawn) and injects faults. Needs root.
 test-lab: venv
 	@echo "== lab tier: tests/lab"
-	$(PYTEST) -q -x --timeout=900 tests/lab
+	$(PYTEST) -q -x --timeout=900 --durations=20 tests/lab
 
 test: check test-lab
 
