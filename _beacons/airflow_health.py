@@ -251,6 +251,14 @@ def beacon(config):
         except Exception as exc:  # pylint: disable=broad-except
             log.warning("airflow_health beacon: probe of %s failed: %s", daemon, exc)
             continue
+        if current == "split" and isinstance(detail, dict) and detail.get("yield"):
+            # this node's scheduler is the old one of a healed split: step down at once, on
+            # the node (the master may not reach it yet); the event reports it, the runner
+            # and the periodic reconcile fence (disable) it too
+            detail = dict(detail, yielded=__salt__["airflow_health.stop"]("scheduler",
+                                                                         disable=True))
+            log.warning("airflow_health beacon: second scheduler, this one stepped down: %s",
+                        detail["yielded"])
         fire, new_state = transition(entry["status"], current, entry["last_fire"], now,
                                      float(conf["refire"]))
         previous = entry["status"]

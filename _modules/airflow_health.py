@@ -60,16 +60,18 @@ eng = create_engine(url, connect_args=args)
 with eng.connect() as conn:
     now = conn.execute(text("SELECT CURRENT_TIMESTAMP")).scalar()
     rows = conn.execute(text(
-        "SELECT hostname, latest_heartbeat FROM job WHERE job_type='SchedulerJob' "
+        "SELECT hostname, latest_heartbeat, start_date FROM job WHERE job_type='SchedulerJob' "
         "AND state='running' ORDER BY latest_heartbeat DESC")).fetchall()
+def secs(n, t):
+    if (t.tzinfo is None) != (n.tzinfo is None):
+        n = n.replace(tzinfo=None); t = t.replace(tzinfo=None)
+    return round((n - t).total_seconds(), 1)
 out = []
-for host, hb in rows:
+for host, hb, started in rows:
     if hb is None:
         continue
-    n = now
-    if (hb.tzinfo is None) != (n.tzinfo is None):
-        n = n.replace(tzinfo=None); hb = hb.replace(tzinfo=None)
-    out.append({"hostname": host, "age": round((n - hb).total_seconds(), 1)})
+    out.append({"hostname": host, "age": secs(now, hb),
+                "started": secs(now, started) if started is not None else None})
 print(json.dumps(out))
 """
 
@@ -634,6 +636,7 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
         entry["status"] = {"ok": "ok", "stale": "dead", "none": "dead"}.get(hb["status"], "unknown")
         if entry["status"] == "ok" and _split(hb):
             entry["status"] = "split"  # two schedulers heartbeat in active-standby: fence one
+            entry["yield"] = _must_yield(hb, _hostname())
         return entry
     if svc["status"] != "ok":
         return entry
@@ -662,6 +665,27 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
 
 
 # ---------------------------------------------------------------- stateful tier probes
+def _must_yield(heartbeat, me):
+    """
+    Split brain seen from this node: does this node's scheduler have to step down? Yes when
+    it heartbeats and another host's scheduler does too with a job started LATER than this
+    node's newest fresh one: that one was started because this node looked dead (the guard
+    lets a scheduler start only when no other heartbeat is fresh), e.g. during a partition
+    that has healed since. Decided on the node, from the metastore alone: it works while the
+    salt-master cannot reach the node yet.
+    """
+    stale = heartbeat.get("stale_seconds")
+    rows = [r for r in heartbeat.get("schedulers") or []
+            if isinstance(r, dict) and isinstance(r.get("hostname"), str)
+            and isinstance(r.get("age"), (int, float)) and isinstance(stale, (int, float))
+            and r["age"] <= stale and isinstance(r.get("started"), (int, float))]
+    short = me.split(".")[0]
+    mine = [r["started"] for r in rows if r["hostname"].split(".")[0] == short]
+    others = [r["started"] for r in rows if r["hostname"].split(".")[0] != short]
+    # "started" is seconds since the job started: a later start is a SMALLER number
+    return bool(mine and others) and min(others) < min(mine)
+
+
 def _split(heartbeat):
     """More than one host heartbeats while the node settings say active-standby."""
     try:

@@ -399,13 +399,12 @@ def elect_master(candidates, failed=None):
 def fencing_outcome(stop_ret):
     """
     Outcome of fencing a scheduler from the LocalClient return of ``airflow_health.stop
-    scheduler disable=True`` (None = no answer): fenced | unreachable | failed.
+    scheduler disable=True`` (None = no answer): fenced | unreachable | failed (the node
+    answered that systemctl failed).
     """
-    if stop_ret is None:
-        return "unreachable"
-    if isinstance(stop_ret, dict) and stop_ret.get("result") is True:
-        return "fenced"
-    return "failed"
+    if not isinstance(stop_ret, dict):
+        return "unreachable"  # no answer, or Salt's "did not return" text instead of ours
+    return "fenced" if stop_ret.get("result") is True else "failed"
 
 
 def fence_wait_until(now, heartbeat):

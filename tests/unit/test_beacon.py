@@ -242,3 +242,22 @@ def test_memory_survives_a_module_reload(tmp_path):
 def test_split_scheduler_is_unhealthy(bcn):
     assert bcn.transition("ok", "split", 0, 100, 30) == (True, "split")
     assert bcn.transition("split", "split", 0, 100, 30) == (True, "split")  # re-fire
+
+
+def test_split_on_this_node_steps_down_locally(bcn):
+    stopped = []
+    bcn.__salt__["airflow_health.probe"] = lambda d: {"status": "split", "yield": True}
+    bcn.__salt__["airflow_health.stop"] = lambda d, disable=False: stopped.append(
+        (d, disable)) or {"result": True}
+    events = bcn.beacon([{"checks": ["scheduler"]}])
+    assert stopped == [("scheduler", True)]
+    assert events[0]["status"] == "split" and "yielded" in events[0]["detail"]
+    # the other node (the newer scheduler) reports the split but keeps running
+    other = _load("airflow_health_beacon", "_beacons/airflow_health.py")
+    other.log.disabled = True
+    other._clock = Clock()
+    other.__salt__ = dict(bcn.__salt__, **{
+        "airflow_health.probe": lambda d: {"status": "split", "yield": False}})
+    stopped.clear()
+    assert other.beacon([{"checks": ["scheduler"]}])[0]["status"] == "split"
+    assert stopped == []

@@ -275,7 +275,7 @@ def test_candidate_and_election():
 
 @pytest.mark.parametrize("stop,outcome", [
     ({"result": True}, "fenced"), (None, "unreachable"), ({"result": False}, "failed"),
-    ("ERROR: ...", "failed"), (True, "failed")])
+    ("Minion did not return. [No response]", "unreachable"), (True, "unreachable")])
 def test_fencing_outcome(stop, outcome):
     assert D.fencing_outcome(stop) == outcome
 

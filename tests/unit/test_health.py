@@ -508,3 +508,27 @@ def test_units_reports_enabled(node, monkeypatch):
     ah.__salt__ = {"cmd.run_all": lambda argv, **kw: {"retcode": 0, "stdout": "enabled\n"}}
     assert ah.units() == {"postgresql": {"status": "dead", "active_state": "failed",
                                          "sub_state": None, "starting": None, "enabled": True}}
+
+
+def test_must_yield_only_the_older_of_two_fresh_schedulers():
+    hb = {"stale_seconds": 15, "schedulers": [
+        {"hostname": "master1.lab", "age": 2, "started": 3600},   # the old one: healed partition
+        {"hostname": "master2", "age": 1, "started": 60}]}        # started during the partition
+    assert ah._must_yield(hb, "master1") is True
+    assert ah._must_yield(hb, "master2") is False
+    hb["schedulers"][1]["age"] = 40                                # the new one is stale: no split
+    assert ah._must_yield(hb, "master1") is False
+    hb["schedulers"][1].update(age=1, started=None)                # unknown start: never yield
+    assert ah._must_yield(hb, "master1") is False
+    assert ah._must_yield({"schedulers": hb["schedulers"]}, "master1") is False  # no threshold
+
+
+def test_probe_marks_split_and_whether_to_yield(node, monkeypatch):
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok"})
+    monkeypatch.setattr(ah, "_hostname", lambda: "master1")
+    hb = {"status": "ok", "fresh": ["master1", "master2"], "stale_seconds": 15, "schedulers": [
+        {"hostname": "master1", "age": 2, "started": 900},
+        {"hostname": "master2", "age": 2, "started": 30}]}
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None: hb)
+    res = ah.probe("scheduler")
+    assert res["status"] == "split" and res["yield"] is True
