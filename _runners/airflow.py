@@ -66,33 +66,6 @@ def _context():
 
 
 # ====================================================================== reactor entry points
-def _rate_limited(ctx, minion):
-    """
-    Per-minion event budget (``airflow_decide.rate_limit``), checked before any other work: a
-    flood from one minion must not occupy the reactor's threads. None, or the result to
-    return. One audit record per minion and window, not one per dropped event.
-    """
-    conf, core = ctx.conf, ctx.core
-    key = core.safe_id(ctx.table, minion)  # invalid ids share one bucket "?"
-    limit, window = conf["rate_limit_events"], conf["rate_limit_window"]
-    now = ctx.clock.now()
-
-    def count(old):
-        bucket, verdict = core.rate_limit(old, now, limit, window)
-        return bucket, (bucket, verdict)
-
-    bucket, verdict = ctx.store.update_json(("rate", key), count)
-    if verdict == "allow":
-        return None
-    if verdict == "audit":
-        extra = {"previous_dropped": bucket["previous_dropped"]} \
-            if bucket.get("previous_dropped") else {}
-        ctx.audit("rate-limited", key, None,
-                  f"more than {limit} events in {window:g}s: the rest of this window is dropped",
-                  "rate-limited", count=bucket["count"], **extra)
-    return {"result": "rate-limited"}
-
-
 def remediate(minion, daemon, tag_minion=None, status=None, tag=None):
     """
     Handle a health event of ``daemon`` on ``minion`` (called by reactor/health.sls).
@@ -100,9 +73,8 @@ def remediate(minion, daemon, tag_minion=None, status=None, tag=None):
     ``minion`` is the master-authenticated id of the sender, ``tag`` the event tag (a beacon
     tag names a minion, which must be the sender), ``status`` the status the event claims: it
     is audited as ``claimed`` but never acted on, the daemon is re-probed on the node first.
-    Malformed or spoofed requests are audited as ``ignored``. More than
-    ``rate_limit_events`` events of one minion within ``rate_limit_window`` seconds:
-    ``rate-limited`` at once (one audit record per window).
+    Malformed or spoofed requests are audited as ``ignored``. No rate limiting here: the
+    reactor counts each event once, before any runner job (``airflow_gate.admit``).
 
     CLI Example:
 
@@ -111,9 +83,6 @@ def remediate(minion, daemon, tag_minion=None, status=None, tag=None):
         salt-run airflow.remediate worker1 worker
     """
     ctx = _context()
-    limited = _rate_limited(ctx, minion)
-    if limited:
-        return limited
     cache, rejected = _util("airflow_heal.check_request")(
         ctx, minion, daemon, tag=tag, tag_minion=tag_minion, claimed=status)
     if rejected:
