@@ -9,7 +9,8 @@ The healing runner's files under ``state_dir`` (Salt utility module ``airflow_st
 * ``locks/<name>.lock``  flock()s that keep two runner jobs off the same thing
 * ``lb.request``, ``lb.run``, ``lb.first``  timestamps of the reconcile_lb debounce
   (read and written under the short lock ``lb-request``)
-* ``rate/<minion>.json``  per-minion event budget of ``remediate`` (``airflow_decide.rate_limit``)
+* ``rate/<minion>.json``  per-minion event budget (``airflow_gate.admit`` in the reactor,
+  ``airflow_decide.rate_limit``)
 * ``attempts/<minion>--<daemon>.json``  epoch seconds of the remediation attempts that flap
   damping counts (``audit(..., attempt=True)`` appends; ``attempts()`` reads), pruned to the
   longest ``*window`` setting: a flood of other audit records cannot reset damping
