@@ -82,11 +82,11 @@ class SaltOps:
         except Exception as exc:  # pylint: disable=broad-except
             log.error("airflow healing: %s failed: %s", fun, exc)
 
-    def present(self, minions):
-        """Minions (of a list) that answer test.ping quickly."""
+    def present(self, minions, timeout=None):
+        """Minions (of a list) that answer test.ping within ``timeout`` (default: quickly)."""
         if not minions:
             return []
-        ret = self.cmd(list(minions), "test.ping", timeout=self.conf["ping_timeout"],
+        ret = self.cmd(list(minions), "test.ping", timeout=timeout or self.conf["ping_timeout"],
                        tgt_type="list")
         return sorted(m for m, v in ret.items() if v is True)
 

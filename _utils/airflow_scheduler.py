@@ -180,7 +180,10 @@ def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
     failed = failed or active
     masters = ctx.minions_running("scheduler", cache)
     # ping the others first (fast: all answer), the failed one only if its state is unknown
-    others = ops.present([m for m in masters if m != failed])
+    standbys = [m for m in masters if m != failed]
+    others = ops.present(standbys)
+    if standbys and not others:  # a loaded node may miss the quick ping: ask once more, longer
+        others = ops.present(standbys, timeout=ctx.conf["probe_timeout"])
     if failed_reachable is None:
         failed_reachable = bool(failed) and bool(ops.present([failed]))
     old_names = core.node_names(failed, cache.get(failed))

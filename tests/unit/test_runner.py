@@ -97,8 +97,10 @@ class FakeOps:
     def grains_cache(self, tgt="*"):
         return {m: dict(g) for m, g in self.cache.items()}
 
-    def present(self, minions):
-        return sorted(m for m in minions or [] if m in self.alive)
+    def present(self, minions, timeout=None):
+        self.calls.append((tuple(minions or ()), "test.ping", (timeout,)))
+        slow = getattr(self, "slow", set()) if timeout is None else set()
+        return sorted(m for m in minions or [] if m in self.alive and m not in slow)
 
     def one(self, minion, fun, arg=(), timeout=None, kwarg=None):
         self.calls.append((minion, fun, tuple(arg)))

@@ -185,3 +185,11 @@ def test_failover_is_damped_cluster_wide(env):
     env.clock.t += 3601
     assert env.rn.failover_scheduler("presence", failed="master2",
                                      failed_reachable=False)["result"] != "failover-damped"
+
+
+def test_failover_asks_a_slow_standby_again_before_giving_up(env):
+    env.ops.alive.discard("master1")
+    env.ops.slow = {"master2"}  # misses the quick ping (a loaded node), answers a longer one
+    env.ops.handler = _scheduler_handler(STALE)
+    res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
+    assert res["result"] != "no-candidate" and res.get("new") == "master2"
