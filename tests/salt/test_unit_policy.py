@@ -21,6 +21,8 @@ WAIT_SCRIPT = os.path.join(REPO, "salt", "airflow", "files", "wait-for-deps.py")
 MASTER_DAEMONS = ["api-server", "dag-processor", "triggerer", "scheduler"]
 METASTORE = "metastore=127.0.0.1:5432"   # the test mine: every minion is 127.0.0.1
 BROKER = "broker=127.0.0.1:5672"
+with open(os.path.join(REPO, "salt", "airflow", "defaults.yaml"), encoding="utf-8") as _fh:
+    RESTART_SEC = str(__import__("yaml").safe_load(_fh)["airflow"]["systemd"]["restart_sec"])
 
 
 def _render(salt_cli, path, context, minion="master1"):
@@ -66,7 +68,7 @@ def test_daemon_unit_never_start_limited_and_waits_for_its_deps(salt_cli, highst
     assert not [k for k, _ in s["Unit"] + s["Service"] if k == "StartLimitBurst"]
     assert not [k for k, _ in s["Service"] if k.startswith("StartLimit")]  # ignored there by systemd
     assert ("ExecStartPre", _wait_cmd(*deps)) in s["Service"]
-    assert ("Restart", "on-failure") in s["Service"] and ("RestartSec", "5") in s["Service"]
+    assert ("Restart", "on-failure") in s["Service"] and ("RestartSec", RESTART_SEC) in s["Service"]
     # the start (incl. the wait) must not time out before the wait gives up
     assert ("TimeoutStartSec", "120") in s["Service"]
     assert not [k for k, _ in s["Service"] if k == "ExecCondition"]
@@ -145,7 +147,7 @@ def test_stateful_unit_dropin_reload_and_reset(salt_cli, highstate, sls, daemon,
     assert dropin["onchanges_in"] == [{"module": "airflow-systemd-daemon-reload"}]
     s = _sections(_render(salt_cli, dropin["source"][-1], dropin["context"], "infra"))
     assert s["Unit"] == [("StartLimitIntervalSec", "0")]
-    assert s["Service"] == [("Restart", restart), ("RestartSec", "5")]
+    assert s["Service"] == [("Restart", restart), ("RestartSec", RESTART_SEC)]
     reset = states[f"{sid}-reset-failed"]
     assert reset["fun"] == "cmd.run"
     assert reset["name"] == f"systemctl reset-failed {unit}"
