@@ -85,8 +85,10 @@ def test_second_highstate_has_no_changes(lab, results_file):
     t0 = time.monotonic()
     expected = {"master1", "master2", "worker1", "worker2", "infra"}
     for attempt in range(2):  # an empty reply (master busy, job not published) is retried once
+        # queue=True: the healing layer may be applying airflow.lb on the lb node right now
+        # (reconcile_lb after the deploy's events); wait for it instead of failing on it
         p = lab.salt("salt", "--out=json", "--static", "--timeout=300", "*", "state.apply",
-                     check=False, timeout=1400)
+                     "queue=True", check=False, timeout=1400)
         res = json.loads(p.stdout or "{}")
         if set(res) >= expected:
             break
