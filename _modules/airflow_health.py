@@ -637,6 +637,10 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
         if entry["status"] == "ok" and _split(hb):
             entry["status"] = "split"  # two schedulers heartbeat in active-standby: fence one
             entry["yield"] = _must_yield(hb, _hostname())
+        elif (entry["status"] == "ok" and svc.get("status") == "ok" and _standby_mode()
+              and _must_yield(hb, _hostname())):
+            # this node's scheduler runs but another one took over meanwhile: about to split
+            entry["status"], entry["yield"] = "split", True
         return entry
     if svc["status"] != "ok":
         return entry
@@ -667,23 +671,33 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
 # ---------------------------------------------------------------- stateful tier probes
 def _must_yield(heartbeat, me):
     """
-    Split brain seen from this node: does this node's scheduler have to step down? Yes when
-    it heartbeats and another host's scheduler does too with a job started LATER than this
-    node's newest fresh one: that one was started because this node looked dead (the guard
-    lets a scheduler start only when no other heartbeat is fresh), e.g. during a partition
-    that has healed since. Decided on the node, from the metastore alone: it works while the
-    salt-master cannot reach the node yet.
+    Seen from this node: has this node's scheduler been superseded? Yes when another host's
+    scheduler heartbeats (fresh) with a job started LATER than this node's newest running
+    job, fresh or not: that one was started because this node looked dead (the guard lets a
+    scheduler start only when no other heartbeat is fresh), e.g. during a partition that has
+    healed since. A stale job of this node counts too: right after the heal this node's
+    scheduler has not heartbeated yet, and it must step down before it does. Decided on the
+    node, from the metastore alone: it works while the salt-master cannot reach the node yet.
     """
     stale = heartbeat.get("stale_seconds")
+    if not isinstance(stale, (int, float)):
+        return False
     rows = [r for r in heartbeat.get("schedulers") or []
             if isinstance(r, dict) and isinstance(r.get("hostname"), str)
-            and isinstance(r.get("age"), (int, float)) and isinstance(stale, (int, float))
-            and r["age"] <= stale and isinstance(r.get("started"), (int, float))]
+            and isinstance(r.get("age"), (int, float)) and isinstance(r.get("started"), (int, float))]
     short = me.split(".")[0]
     mine = [r["started"] for r in rows if r["hostname"].split(".")[0] == short]
-    others = [r["started"] for r in rows if r["hostname"].split(".")[0] != short]
+    others = [r["started"] for r in rows
+              if r["hostname"].split(".")[0] != short and r["age"] <= stale]
     # "started" is seconds since the job started: a later start is a SMALLER number
     return bool(mine and others) and min(others) < min(mine)
+
+
+def _standby_mode():
+    try:
+        return _settings()["scheduler_mode"] == "active-standby"
+    except _NoSettings:
+        return False
 
 
 def _split(heartbeat):

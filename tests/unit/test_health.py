@@ -518,6 +518,10 @@ def test_must_yield_only_the_older_of_two_fresh_schedulers():
     assert ah._must_yield(hb, "master2") is False
     hb["schedulers"][1]["age"] = 40                                # the new one is stale: no split
     assert ah._must_yield(hb, "master1") is False
+    hb["schedulers"][1]["age"] = 1
+    hb["schedulers"][0]["age"] = 95                                # right after the heal: mine is
+    assert ah._must_yield(hb, "master1") is True                   # stale, but superseded
+    hb["schedulers"][0]["age"] = 2
     hb["schedulers"][1].update(age=1, started=None)                # unknown start: never yield
     assert ah._must_yield(hb, "master1") is False
     assert ah._must_yield({"schedulers": hb["schedulers"]}, "master1") is False  # no threshold
@@ -532,3 +536,22 @@ def test_probe_marks_split_and_whether_to_yield(node, monkeypatch):
     monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None: hb)
     res = ah.probe("scheduler")
     assert res["status"] == "split" and res["yield"] is True
+
+
+def test_probe_superseded_scheduler_yields_before_it_heartbeats(node, monkeypatch):
+    monkeypatch.setattr(ah, "_hostname", lambda: "master1")
+    hb = {"status": "ok", "fresh": ["master2"], "stale_seconds": 15, "schedulers": [
+        {"hostname": "master2", "age": 1, "started": 60},
+        {"hostname": "master1", "age": 95, "started": 4000}]}
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None: hb)
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok"})
+    res = ah.probe("scheduler")
+    assert res["status"] == "split" and res["yield"] is True
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "dead"})  # a standby
+    assert ah.probe("scheduler")["status"] == "ok"
+    monkeypatch.setattr(ah, "_hostname", lambda: "master2")                     # the new one
+    monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok"})
+    assert ah.probe("scheduler")["status"] == "ok"
+    node(scheduler_mode="active-active")
+    monkeypatch.setattr(ah, "_hostname", lambda: "master1")
+    assert ah.probe("scheduler")["status"] == "ok"
