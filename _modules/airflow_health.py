@@ -777,13 +777,14 @@ def _systemctl(*argv, timeout=90):
 
 
 def _table_unit(name):
-    """The unit of a daemon of the table (ValueError for anything else)."""
+    """``(unit, None)`` of a daemon of the table, else ``(None, refusal result)``."""
     if not isinstance(name, str) or _table("get")(name) is None:
-        raise ValueError(f"not a daemon of the table: {name!r}")
+        return None, {"result": False, "detail": f"not a daemon of the table: {name!r}"}
     unit = _unit(name)
     if unit is None:
-        raise ValueError(f"node settings {SETTINGS_FILE} missing (apply the airflow states)")
-    return unit
+        return None, {"result": False, "detail": f"node settings {SETTINGS_FILE} missing "
+                                                   "(apply the airflow states)"}
+    return unit, None
 
 
 def restart(name, kill=False, enable=False):
@@ -801,10 +802,9 @@ def restart(name, kill=False, enable=False):
         salt worker1 airflow_health.restart worker
         salt worker1 airflow_health.restart worker kill=True
     """
-    try:
-        unit = _table_unit(name)
-    except ValueError as exc:
-        return {"result": False, "detail": str(exc)}
+    unit, refused = _table_unit(name)
+    if refused:
+        return refused
     if enable:
         ok, err = _systemctl("enable", unit, timeout=30)
         if not ok:
@@ -829,10 +829,9 @@ def start(name, enable=False):
 
         salt master2 airflow_health.start scheduler enable=True
     """
-    try:
-        unit = _table_unit(name)
-    except ValueError as exc:
-        return {"result": False, "detail": str(exc)}
+    unit, refused = _table_unit(name)
+    if refused:
+        return refused
     if enable:
         ok, err = _systemctl("enable", unit, timeout=30)
         if not ok:
@@ -853,10 +852,9 @@ def stop(name, disable=False):
 
         salt master1 airflow_health.stop scheduler disable=True
     """
-    try:
-        unit = _table_unit(name)
-    except ValueError as exc:
-        return {"result": False, "detail": str(exc)}
+    unit, refused = _table_unit(name)
+    if refused:
+        return refused
     ok, err = _systemctl("stop", unit, timeout=75)
     if ok and disable:
         ok, err = _systemctl("disable", unit, timeout=30)

@@ -6,7 +6,7 @@ event tag, claimed daemon and status) into a validated request or an audited ``i
 ``remediate_service`` re-probes a daemon on its node, decides (``airflow_decide``), and
 restarts it (SIGKILL first for a hung worker), damped and audited, unless one of its
 dependencies (the metastore, the broker) is down: that is audited as ``blocked`` and costs
-no attempt (``blocked_by``). The scheduler and the
+no attempt (``Context.blocked_by``). The scheduler and the
 api-server have their own concerns (``airflow_scheduler``, ``airflow_lb``).
 
 Every function takes the runner's ``Context`` (``airflow_ops``) first.
@@ -46,18 +46,6 @@ def check_request(ctx, minion, daemon, tag=None, tag_minion=None, claimed=None):
     return None, {"result": "ignored", "reason": reason}
 
 
-def blocked_by(ctx, minion, daemon, **extra):
-    """
-    The dependency that explains ``daemon``'s failure on ``minion`` (audited as ``blocked``:
-    no remediation attempt, no damping, no failover), else None.
-    """
-    dep = ctx.core.dependency_down(ctx.table, daemon, ctx.dependency_health(daemon))
-    if dep:
-        ctx.audit("blocked", minion, daemon, f"dependency {dep} is down", "blocked",
-                  dependency=dep, **extra)
-    return dep
-
-
 def remediate_service(ctx, minion, daemon, claimed=None):
     """
     Re-probe ``daemon`` on ``minion`` and restart it if it is dead or hung (one at a time per
@@ -84,7 +72,7 @@ def remediate_service(ctx, minion, daemon, claimed=None):
             return {"result": "ignored", "reason": "healthy on re-probe"}
         if action == "wait":
             return {"result": "wait", "status": status}
-        dep = blocked_by(ctx, minion, daemon, **extra)
+        dep = ctx.blocked_by(minion, daemon, **extra)
         if dep:
             return {"result": "blocked", "dependency": dep}
         if not ctx.restart_allowed(minion, daemon):

@@ -168,6 +168,17 @@ class Context:
             health[dep] = self.core.dependency_status(answers, nodes)
         return health
 
+    def blocked_by(self, minion, daemon, **extra):
+        """
+        The dependency that explains ``daemon``'s failure on ``minion`` (audited as ``blocked``:
+        no remediation attempt, no damping, no failover), else None.
+        """
+        dep = self.core.dependency_down(self.table, daemon, self.dependency_health(daemon))
+        if dep:
+            self.audit("blocked", minion, daemon, f"dependency {dep} is down", "blocked",
+                       dependency=dep, **extra)
+        return dep
+
     def valid_minion(self, minion, what):
         """A minion id fit to act on; anything else is audited as ignored."""
         if self.table.valid_minion_id(minion):

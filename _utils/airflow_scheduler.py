@@ -99,7 +99,7 @@ def _remediate_locked(ctx, reporter, grains_cache, claimed):
     if action == "wait":
         return {"result": action}
     # the metastore down explains a missing or unreadable heartbeat: never a failover
-    dep = _util_blocked(ctx, reporter, **extra)
+    dep = ctx.blocked_by(reporter, "scheduler", **extra)
     if dep:
         return {"result": "blocked", "dependency": dep}
     if action == "unknown":
@@ -121,16 +121,6 @@ def _remediate_locked(ctx, reporter, grains_cache, claimed):
     return _failover_locked(ctx, reason=f"no scheduler heartbeat ({hb_status}), active "
                                         f"{active} reachable={reachable} unit={unit_status}",
                             failed=active, failed_reachable=reachable)
-
-
-def _util_blocked(ctx, reporter, **extra):
-    """The scheduler's dependency that is down (audited as blocked), else None."""
-    dep = ctx.core.dependency_down(ctx.table, "scheduler",
-                                   ctx.dependency_health("scheduler"))
-    if dep:
-        ctx.audit("blocked", reporter, "scheduler", f"dependency {dep} is down", "blocked",
-                  dependency=dep, **extra)
-    return dep
 
 
 def _wait_until_safe(ctx, fence, new, old_names):
