@@ -1,7 +1,8 @@
 """
 Healing runner ``airflow``: the operator verbs and the reactor's entry points.
 
-Operators: ``status``, ``maintenance``, ``audit_log``, ``active_scheduler``,
+Operators: ``grant``, ``revoke``, ``roles`` (the master-owned role record), ``status``,
+``maintenance``, ``audit_log``, ``active_scheduler``,
 ``failover_scheduler``, ``drain_api_server``, ``undrain_api_server``, ``reconcile_lb``,
 ``mark_deployed``, ``deploy_started`` (orch.deploy). Reactor (``reactor/*.sls``):
 ``remediate``, ``minion_started``, ``presence_changed``, ``key_deleted``, ``ignored``.
@@ -22,7 +23,7 @@ loaded through ``__utils__``), each handed what it needs:
 * ``airflow_reconcile`` the periodic reconcile (what events drive vs. what is observed)
 
 Nothing from an event is trusted: the reactor hands raw values over, ``airflow_decide``
-checks the minion id, the daemon (table) and the role (master's grains cache), the daemon is
+checks the minion id, the daemon (table) and the role (the master-owned role record), the daemon is
 re-probed on its node, and no event data ever reaches a command line.
 
 Settings: master config ``airflow_healing:`` (conf/master.d/airflow-reactor.conf).
@@ -63,6 +64,56 @@ def _context():
         table=_util("airflow_daemons.api")(),
         core=core,
     )
+
+
+# ====================================================================== the role record
+def grant(minion, roles):
+    """
+    Onboard a node (or give it more roles): write ``roles`` (comma-separated) of ``minion``
+    into the master-owned role record (``airflow_healing:roles_file``), set the minion's
+    ``roles`` grain to match, refresh every minion's pillar. A role's secrets, its place in
+    haproxy and in the healing runner's checks come from this record only, never from a
+    grain. Then ``salt <minion> state.apply`` (or the next scheduled run) sets the role up.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.grant worker3 airflow-worker
+        salt-run airflow.grant infra airflow-db,airflow-broker,airflow-lb
+    """
+    return _context().change_roles(minion, roles, grant=True)
+
+
+def revoke(minion, roles):
+    """
+    Take ``roles`` (comma-separated) of ``minion`` out of the role record and its grain; the
+    next highstate runs the role's clean state there.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.revoke worker3 airflow-worker
+    """
+    return _context().change_roles(minion, roles, grant=False)
+
+
+def roles():
+    """
+    The role record (minion -> roles), the membership it gives each role, and the minions
+    whose ``roles`` grain claims more than the record grants (refused, reported).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.roles
+    """
+    ctx = _context()
+    record = ctx.role_record()
+    return {"record": record, "members": ctx.core.role_members(record, ctx.table),
+            "refused": ctx.core.role_claims(record, ctx.ops.grains_cache(), ctx.table)}
 
 
 # ====================================================================== reactor entry points
@@ -128,7 +179,7 @@ def minion_started(minion):
     ctx = _context()
     if not ctx.valid_minion(minion, "minion_started"):
         return {"result": "ignored"}
-    cache = ctx.ops.grains_cache()
+    cache = ctx.inventory()
     if minion not in ctx.minions_running("scheduler", cache):
         return {"result": "ignored", "reason": "not a master"}
     gate = ctx.gate(minion, "scheduler")
@@ -178,7 +229,7 @@ def presence_changed(new=None, lost=None):
     ctx = _context()
     core = ctx.core
     new, lost = core.valid_ids(ctx.table, new), core.valid_ids(ctx.table, lost)
-    cache = ctx.ops.grains_cache()
+    cache = ctx.inventory()
     masters = set(ctx.minions_running("scheduler", cache))
     touched = sorted((set(new) | set(lost)) & masters)
     if not touched:

@@ -11,7 +11,8 @@ anything with its API (utility modules cannot import each other inside Salt's lo
 runner hands the table in).
 
 Nothing from an event or a grain is trusted: ids are checked against the minion-id rule,
-daemons against the table, roles against the master's own grains cache.
+daemons against the table, roles against the master-owned role record (a minion writes its
+own grains: a ``roles`` grain only ever narrows what the record grants).
 """
 
 import inspect
@@ -26,6 +27,7 @@ __virtualname__ = "airflow_decide"
 RUNNER_DEFAULTS = {
     "state_dir": "/var/lib/airflow-salt",
     "runtime_pillar": None,  # default: <state_dir>/pillar/airflow_runtime.sls
+    "roles_file": "/etc/airflow-salt/roles.yaml",  # the master-owned role record
     "max_attempts": 3,
     "window": 600,
     "dry_run": False,
@@ -156,6 +158,111 @@ def grain_roles(grains):
 def minions_with_role(grains_cache, role):
     """Sorted minion ids of the grains cache that have ``role``."""
     return sorted(m for m, g in (grains_cache or {}).items() if role in grain_roles(g))
+
+
+# ---------------------------------------------------------------- the master-owned role record
+#: Header of the role record file (``roles_file``), written by ``salt-run airflow.grant``.
+ROLE_RECORD_HEADER = (
+    "# Master-owned role record of the Airflow cluster: minion id -> roles. Written by\n"
+    "# `salt-run airflow.grant <minion> <role>` / `airflow.revoke`. A minion's `roles` grain\n"
+    "# never grants a role (its secrets, its place in the cluster) that is not listed here.\n")
+
+
+def parse_role_record(data, table):
+    """
+    ``(record, errors)`` from the loaded record file (``data``: what YAML gave, None for an
+    empty or missing file). ``record`` is {minion: sorted roles} of the valid entries; every
+    bad entry grants nothing and is named in ``errors``.
+    """
+    if data is None:
+        return {}, []
+    if not isinstance(data, dict):
+        return {}, ["role record must be a mapping: minion id -> list of roles"]
+    known = set(table.roles())
+    record, errors = {}, []
+    for minion, roles in data.items():
+        if not isinstance(minion, str) or not table.valid_minion_id(minion):
+            errors.append(f"role record: {str(minion)[:64]!r} is not a valid minion id")
+            continue
+        roles = [roles] if isinstance(roles, str) else roles
+        if not isinstance(roles, list):
+            errors.append(f"role record: {minion}: roles must be a list")
+            continue
+        bad = [r for r in roles if r not in known]
+        if bad:
+            errors.append(f"role record: {minion}: unknown role(s) "
+                          f"{', '.join(str(r)[:64] for r in bad)} (known: {', '.join(sorted(known))})")
+        good = sorted({r for r in roles if r in known})
+        if good:
+            record[minion] = good
+    return record, errors
+
+
+def role_members(record, table):
+    """{role: sorted minion ids} for every role of the table (empty lists included)."""
+    out = {role: [] for role in sorted(set(table.roles()))}
+    for minion in sorted(record or {}):
+        for role in record[minion]:
+            out.setdefault(role, []).append(minion)
+    return out
+
+
+def role_claims(record, grains_cache, table):
+    """
+    Roles of the table that minions claim by their ``roles`` grain but the record does not
+    give them: {minion: sorted roles} (only minions with such a claim; other formulas' roles
+    in the grain are none of ours).
+    """
+    known = set(table.roles())
+    out = {}
+    for minion, grains in (grains_cache or {}).items():
+        extra = sorted(set(grain_roles(grains)) & known - set((record or {}).get(minion, [])))
+        if extra:
+            out[minion] = extra
+    return out
+
+
+def new_claims(claims, reported):
+    """
+    The claims to report now: those of ``claims`` ({minion: roles}) that differ from what was
+    reported before (``reported``, same shape; junk counts as nothing reported). A claim is
+    reported once, and again when it changes or comes back after it was withdrawn.
+    """
+    reported = reported if isinstance(reported, dict) else {}
+    return {m: r for m, r in (claims or {}).items() if reported.get(m) != r}
+
+
+def inventory(record, grains_cache):
+    """
+    The runner's view of the cluster: {minion: grains} for every minion of the record or the
+    grains cache, with ``roles`` replaced by what the record grants (a minion the record does
+    not know has no role, whatever its grain says). Other grains (host names) stay as cached.
+    """
+    out = {}
+    for minion in set(record or {}) | set(grains_cache or {}):
+        grains = (grains_cache or {}).get(minion)
+        grains = dict(grains) if isinstance(grains, dict) else {}
+        grains["roles"] = list((record or {}).get(minion, []))
+        out[minion] = grains
+    return out
+
+
+def change_roles(record, minion, roles, grant=True):
+    """A new record with ``roles`` granted to (or, ``grant=False``, revoked from) ``minion``."""
+    new = {m: list(r) for m, r in (record or {}).items()}
+    have = set(new.get(minion, []))
+    have = have | set(roles) if grant else have - set(roles)
+    if have:
+        new[minion] = sorted(have)
+    else:
+        new.pop(minion, None)
+    return new
+
+
+def dump_role_record(record):
+    """The record file's text: the header, then one sorted line per minion."""
+    lines = [f"{m}: [{', '.join(record[m])}]" for m in sorted(record or {})]
+    return ROLE_RECORD_HEADER + ("\n".join(lines) + "\n" if lines else "{}\n")
 
 
 def tag_minion(tag):

@@ -33,7 +33,7 @@ def check_request(ctx, minion, daemon, tag=None, tag_minion=None, claimed=None):
     """
     core, table = ctx.core, ctx.table
     named = core.tag_minion(tag) if tag is not None else tag_minion
-    cache = ctx.ops.grains_cache()
+    cache = ctx.inventory()
     ok, reason, detail = core.validate_request(table, minion, daemon, named, cache)
     if ok:
         return cache, None

@@ -111,7 +111,7 @@ def reconcile(ctx, reason="manual", quiet=None):
 def _run(ctx, reason, start):
     """One reconcile; ``start`` (lb.run) was recorded before anything is read."""
     conf, store, clock, ops = ctx.conf, ctx.store, ctx.clock, ctx.ops
-    cache = ops.grains_cache()
+    cache = ctx.inventory()
     masters = ctx.minions_running("api-server", cache)
     lbs = ctx.minions_running("haproxy", cache)
     present = ops.present(masters)

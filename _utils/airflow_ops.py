@@ -149,9 +149,79 @@ class Context:
     def role_of(self, daemon):
         return self.table.role_of(daemon)
 
+    def role_record(self):
+        """The master-owned role record {minion: roles}; bad entries grant nothing (logged)."""
+        data, error = self.store.read_role_record()
+        record, errors = self.core.parse_role_record(data, self.table)
+        for message in ([error] if error else []) + errors:
+            log.error("airflow healing: %s", message)
+        return record
+
+    def report_claims(self, record, grains_cache):
+        """
+        Minions whose ``roles`` grain claims a role the record does not grant: each new or
+        changed claim gets one ``refused`` audit record and an ``airflow/alert/roles/claim``
+        event. Returns {minion: refused roles} of all current claims.
+        """
+        claims = self.core.role_claims(record, grains_cache, self.table)
+
+        def change(old):
+            return claims, self.core.new_claims(claims, old)
+
+        for minion, roles in sorted(self.store.update_json(("roles", "claims"), change).items()):
+            self.audit("refused", minion, None,
+                       f"roles grain claims {', '.join(roles)}: not granted by the role record",
+                       "refused", roles=roles)
+            self.ops.fire("airflow/alert/roles/claim", {"minion": minion, "roles": roles})
+        return claims
+
+    def change_roles(self, minion, roles, grant=True):
+        """
+        Grant (or revoke) ``roles`` of ``minion`` in the role record, then make the minion's
+        ``roles`` grain follow (the states target it) and refresh every minion's pillar (the
+        membership each one renders from changed). Returns the runner verb's result.
+        """
+        if not self.table.valid_minion_id(minion):
+            return {"result": "error", "reason": "invalid minion id"}
+        roles = [roles] if isinstance(roles, str) else list(roles or [])
+        roles = [r.strip() for part in roles for r in str(part).split(",") if r.strip()]
+        known = set(self.table.roles())
+        unknown = [r for r in roles if r not in known]
+        if not roles or unknown:
+            return {"result": "error",
+                    "reason": f"roles must be one or more of {', '.join(sorted(known))}"
+                              + (f"; unknown: {', '.join(unknown)}" if unknown else "")}
+        with self.store.lock("roles", blocking=True, timeout=30) as got:
+            if not got:
+                return {"result": "busy", "reason": "another grant/revoke holds the record"}
+            old = self.role_record()
+            new = self.core.change_roles(old, minion, roles, grant)
+            grain = self.core.grain_roles(self.ops.grains_cache().get(minion))
+            if new == old and set(grain) == set(new.get(minion, [])):
+                return {"result": "unchanged", "minion": minion, "roles": new.get(minion, [])}
+            self.store.write_role_record(self.core.dump_role_record(new))
+        verb = "grant" if grant else "revoke"
+        self.audit(verb, minion, None, f"{verb} {', '.join(roles)}", "recorded",
+                   roles=new.get(minion, []))
+        fun = "grains.append" if grant else "grains.remove"
+        grain = [self.ops.one(minion, fun, ["roles", role]) for role in roles]
+        everyone = sorted(set(self.ops.grains_cache()) | set(new) | {minion})
+        self.ops.cmd(everyone, "saltutil.refresh_pillar", tgt_type="list",
+                     timeout=self.conf["probe_timeout"])
+        self.ops.one(minion, "mine.update")
+        return {"result": "ok", "minion": minion, "roles": new.get(minion, []),
+                "grain": "set" if all(g is not None for g in grain) else "unreachable"}
+
+    def inventory(self):
+        """
+        {minion: grains} with ``roles`` from the role record, never from the minion's own
+        grain (``airflow_decide.inventory``): what every check of the runner reads.
+        """
+        return self.core.inventory(self.role_record(), self.ops.grains_cache())
+
     def minions_running(self, daemon, grains_cache=None):
-        """Minions whose role (master's grains cache) runs ``daemon``."""
-        cache = self.ops.grains_cache() if grains_cache is None else grains_cache
+        """Minions whose role (in the role record) runs ``daemon``."""
+        cache = self.inventory() if grains_cache is None else grains_cache
         return self.core.minions_with_role(cache, self.role_of(daemon))
 
     def dependency_health(self, daemon, grains_cache=None):
@@ -159,7 +229,7 @@ class Context:
         {dependency: ok | dead | None} of ``daemon``'s dependencies (table column ``needs``),
         each probed on the nodes whose role runs it (None: no such node, e.g. external).
         """
-        cache = self.ops.grains_cache() if grains_cache is None else grains_cache
+        cache = self.inventory() if grains_cache is None else grains_cache
         health = {}
         for dep in self.table.needs(daemon):
             nodes = self.minions_running(dep, cache)
@@ -214,7 +284,7 @@ class Context:
 
     def placement(self, grains_cache=None):
         """(mode, active) of the scheduler: runtime pillar, then a master's compiled pillar."""
-        cache = self.ops.grains_cache() if grains_cache is None else grains_cache
+        cache = self.inventory() if grains_cache is None else grains_cache
         runtime = self.core.parse_runtime_pillar(self.table, self.store.read_runtime_pillar())
         masters = self.minions_running("scheduler", cache)
         sched = {}
@@ -232,7 +302,7 @@ def context(conf, clock, store, ops, table, core):
 
 def cluster_status(ctx):
     """Cluster overview for ``salt-run airflow.status`` (see the runner)."""
-    cache = ctx.ops.grains_cache()
+    cache = ctx.inventory()
     minions = sorted(cache)
     present = ctx.ops.present(minions)
     health = ctx.ops.cmd(present, "airflow_health.check", tgt_type="list",

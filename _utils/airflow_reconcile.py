@@ -13,7 +13,9 @@ haproxy view when nothing differs:
 * the active master's scheduler not running goes to the scheduler concern (restart/failover);
 * any other daemon that is dead goes through the normal remediation (re-probe, dependency,
   damping, audit);
-* haproxy's runtime server states follow the api-servers' health (the lb fast path).
+* haproxy's runtime server states follow the api-servers' health (the lb fast path);
+* a minion whose ``roles`` grain claims a role the role record does not grant is reported
+  (one ``refused`` audit record and an ``airflow/alert/roles/claim`` event per new claim).
 
 The concerns are handed in (utility modules cannot import each other in Salt's loader).
 Every function takes the runner's ``Context`` (``airflow_ops``) first.
@@ -41,7 +43,10 @@ def reconcile(ctx, heal, scheduler, lb):
         if not got:
             return {"result": "in-progress"}
         start = clock.now()
-        cache = ops.grains_cache()
+        grains = ops.grains_cache()
+        record = ctx.role_record()
+        claims = ctx.report_claims(record, grains)
+        cache = core.inventory(record, grains)  # roles from the record, never from a grain
         minions = sorted(m for m in cache if core.grain_roles(cache[m]))
         present = ops.present(minions)
         units = ops.cmd(present, "airflow_health.units", tgt_type="list",
@@ -73,4 +78,4 @@ def reconcile(ctx, heal, scheduler, lb):
                       done=done, seconds=took)
         ctx.store.write_ts("reconcile.last", start)
         return {"result": "acted" if done else "in-sync", "plan": plan, "done": done,
-                "seconds": took}
+                "claims": claims, "seconds": took}

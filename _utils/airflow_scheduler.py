@@ -163,7 +163,7 @@ def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
     """failover() with the scheduler lock held (placement is read here, inside it)."""
     core, ops, clock = ctx.core, ctx.ops, ctx.clock
     start = clock.now()
-    cache = ops.grains_cache()
+    cache = ctx.inventory()
     mode, active = ctx.placement(cache)
     if mode == "active-active":
         return {"result": "ignored", "reason": "active-active"}

@@ -34,6 +34,8 @@ import json
 import logging
 import os
 
+import yaml
+
 log = logging.getLogger(__name__)
 
 __virtualname__ = "airflow_store"
@@ -68,6 +70,7 @@ class Store:
     def __init__(self, conf, clock):
         self.state_dir = conf["state_dir"]
         self.runtime_pillar = conf["runtime_pillar"]
+        self.roles_file = conf["roles_file"]
         self.clock = clock
         # attempts are kept for the longest damping window (``window``, or any later
         # ``<something>_window`` setting, e.g. of a cluster-wide failover counter)
@@ -273,6 +276,35 @@ class Store:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, self.runtime_pillar)
+
+    # ------------------------------------------------------------------ the role record
+    def read_role_record(self):
+        """
+        ``(data, error)`` of the role record file (``roles_file``): the loaded YAML (None when
+        the file is missing or empty: no minion has a role), error a message or None.
+        """
+        path = self.roles_file
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            return None, f"role record {path} unreadable: {exc.strerror}"
+        try:
+            return yaml.safe_load(text), None
+        except yaml.YAMLError as exc:
+            return None, f"role record {path} is not YAML ({exc.__class__.__name__})"
+
+    def write_role_record(self, text):
+        """Replace the role record atomically (0644: no secret in it, under the record lock)."""
+        path = self.roles_file
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
 
     # ------------------------------------------------------------------ drained api-servers
     def drained(self):

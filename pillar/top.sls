@@ -1,38 +1,43 @@
-# Pillar targeting (docs/contracts.md). Secrets go only to the roles that use them:
-#   masters: cluster, database, broker, admin   workers: cluster, database, broker (no admin)
-#   db: database   broker: broker   lb: lb
-# Secrets never use ignore_missing: a missing file/key fails the run naming the key.
+# Pillar targeting by the master-owned role record (salt-run airflow.grant; _modules/airflow_roles.py),
+# keyed by the minion id the master authenticated. A minion's `roles` grain decides nothing here:
+# editing it on the minion gains no secret. Secrets go only to the roles that use them
+# (README "Secrets"); a missing file/key fails the run naming the key (no ignore_missing).
+{%- if 'airflow_roles.members' not in salt %}
+{{- raise('pillar/top.sls: the master-side module airflow_roles is not loaded: the master needs '
+          'module_dirs: [/srv/airflow/_modules] and utils_dirs: [/srv/airflow/_utils] '
+          '(conf/master.d)') }}
+{%- endif %}
+{%- set members = salt['airflow_roles.members']() %}
+{#- role -> secret files (pillar/airflow/secrets/<file>.sls) -#}
+{%- set secrets_of = {
+  'airflow-master': ['cluster', 'database', 'broker', 'admin'],
+  'airflow-worker': ['cluster', 'database', 'broker'],
+  'airflow-flower': ['cluster', 'database', 'broker'],
+  'airflow-db': ['database'],
+  'airflow-broker': ['broker'],
+  'airflow-lb': ['lb'],
+} %}
 base:
   '*':
     # ignore_missing covers only the optional files of this block: airflow_site (site-local
     # overrides, e.g. /etc/airflow-salt/pillar/airflow_site.sls) and airflow_runtime (written by
-    # the healing runner). airflow (pillar/airflow/init.sls) is always in the repo.
+    # the healing runner). airflow and airflow.members are always in the repo.
     - ignore_missing: True
     - airflow
+    - airflow.members
     - airflow_site
     - airflow_runtime
-  'G@roles:airflow-master':
-    - match: compound
-    - airflow.secrets.cluster
-    - airflow.secrets.database
-    - airflow.secrets.broker
-    - airflow.secrets.admin
-  'G@roles:airflow-worker':
-    - match: compound
-    - airflow.secrets.cluster
-    - airflow.secrets.database
-    - airflow.secrets.broker
-  'G@roles:airflow-flower':
-    - match: compound
-    - airflow.secrets.cluster
-    - airflow.secrets.database
-    - airflow.secrets.broker
-  'G@roles:airflow-db':
-    - match: compound
-    - airflow.secrets.database
-  'G@roles:airflow-broker':
-    - match: compound
-    - airflow.secrets.broker
-  'G@roles:airflow-lb':
-    - match: compound
-    - airflow.secrets.lb
+{#- one entry per minion (a target may appear only once): the secret files of all its roles #}
+{%- set files_of = {} %}
+{%- for role, files in secrets_of|dictsort %}
+{%-   for minion in members.get(role) or [] %}
+{%-     do files_of.update({minion: (files_of.get(minion, []) + files)|unique|list}) %}
+{%-   endfor %}
+{%- endfor %}
+{%- for minion, files in files_of|dictsort %}
+  '{{ minion }}':
+    - match: list
+{%-   for file in files|sort %}
+    - airflow.secrets.{{ file }}
+{%-   endfor %}
+{%- endfor %}

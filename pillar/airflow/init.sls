@@ -5,10 +5,6 @@ mine_functions:
   airflow_address:
     mine_function: network.ip_addrs
     cidr: {{ cidr }}
-  # Roles of each minion, for salt/airflow/hosts.jinja (one mine call for all addresses).
-  airflow_roles:
-    mine_function: grains.get
-    key: roles
 
 airflow:
   network:

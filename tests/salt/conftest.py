@@ -19,7 +19,8 @@ Fixtures (session scope; reuse them in other tests/salt/test_*.py, e.g. test_hea
     ``conf/master.d/airflow-reactor.conf`` when it exists, with /srv/airflow, /etc/airflow-salt
     and /var/lib/airflow-salt in it rewritten to the repo / the temp dirs above.
 ``salt_minions``
-    dict role-name -> running SaltMinion factory: ``master1`` (grain roles [airflow-master]),
+    dict role-name -> running SaltMinion factory (each granted the same roles in the role record
+    ``etc/roles.yaml``): ``master1`` (grain roles [airflow-master]),
     ``master2`` ([airflow-master]), ``worker1`` ([airflow-worker]), ``infra`` ([airflow-db,
     airflow-broker, airflow-lb]). Minion id == key. Mine (``airflow_address``, cidr 127.0.0.0/8 set
     by the test airflow_site.sls) is updated at start, so every minion's address is 127.0.0.1.
@@ -154,6 +155,10 @@ def salt_master(salt_factories, airflow_salt_paths, test_secrets):
             },
         )
         config.update(extra)
+    # the master-owned role record (roles_file of airflow-reactor.conf, rewritten to etc/):
+    # the same roles as the minions' grains, as `salt-run airflow.grant` would have written
+    with open(os.path.join(paths["etc"], "roles.yaml"), "w") as fh:
+        yaml.safe_dump(MINION_ROLES, fh)
     factory = salt_factories.salt_master_daemon("afmaster", overrides=config, max_start_attempts=1)
     with factory.started():
         yield factory

@@ -53,6 +53,7 @@ PUBLIC_VERBS = {
     "status", "maintenance", "audit_log", "failover_scheduler", "drain_api_server",
     "undrain_api_server", "reconcile_lb", "active_scheduler", "mark_deployed", "deploy_started",
     "remediate", "minion_started", "presence_changed", "key_deleted", "ignored", "reconcile",
+    "grant", "revoke", "roles",
 }
 HEALTHY_MASTER = {"api-server": {"status": "ok"}, "dag-processor": {"status": "ok"}}
 
@@ -82,7 +83,7 @@ class FakeOps:
     """SaltOps without Salt: ``handler(minion, fun, args)`` answers every minion call."""
 
     def __init__(self, cache):
-        self.cache = cache
+        self.cache = {m: dict(g) for m, g in cache.items()}  # tests may change it
         self.alive = set(cache)
         self.pillar_data = {"airflow": {"scheduler": {"mode": "active-standby",
                                                       "active": "master1"}}}
@@ -154,8 +155,13 @@ def env(tmp_path):
     utils["airflow_ops.system_clock"] = lambda: e.clock
     utils["airflow_ops.salt_ops"] = lambda opts, conf: e.ops
     rn.__utils__ = utils
+    # the master-owned role record grants what CACHE's grains claim (tests of refused
+    # claims change the grains or the record on their own)
+    e.roles_file = tmp_path / "roles.yaml"
+    e.roles_file.write_text(json.dumps({m: g["roles"] for m, g in CACHE.items()}))
     rn.__opts__ = {"airflow_healing": {"state_dir": str(tmp_path), "lb_quiet": 0.5,
-                                       "worker_verify_timeout": 5}}
+                                       "worker_verify_timeout": 5,
+                                       "roles_file": str(e.roles_file)}}
     (tmp_path / "deployed").write_text("x")
     e.audit = lambda: [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()] \
         if (tmp_path / "audit.jsonl").exists() else []
@@ -820,7 +826,7 @@ def test_drain_timeout_and_bad_names(env):
 def test_status_overview(env):
     env.ops.handler = lambda m, f, a: [] if f == "airflow_health.haproxy_backends" else {"x": 1}
     st = env.rn.status()
-    assert st["nodes"]["infra"] == {"roles": ["airflow-db", "airflow-broker", "airflow-lb"],
+    assert st["nodes"]["infra"] == {"roles": ["airflow-broker", "airflow-db", "airflow-lb"],
                                     "present": True}
     assert st["scheduler"] == {"mode": "active-standby", "active": "master1"}
     assert st["haproxy"] == {"infra": []} and st["deployed"] and not st["maintenance"]
