@@ -43,6 +43,7 @@ SETTINGS_KEYS = {
     "worker_ping_timeout": float,
     "postgresql_version": int,
     "database_port": int,
+    "database_name": str,
     "broker_port": int,
     "scheduler_mode": str,
 }
@@ -451,6 +452,77 @@ def scheduler_heartbeat(stale_seconds=None, timeout=15):
     except ValueError as exc:
         return {"status": "error", "detail": str(exc)}
     return _summarize_heartbeats(rows, stale)
+
+
+#: The metastore's own view of the scheduler heartbeats (the db node, postgres over the local
+#: socket): the same rows as _HEARTBEAT_SCRIPT, without an Airflow install or a password.
+_HEARTBEAT_SQL = (
+    "SELECT coalesce(json_agg(json_build_object("
+    "'hostname', hostname, "
+    "'age', round(extract(epoch FROM now() - latest_heartbeat)::numeric, 1), "
+    "'started', round(extract(epoch FROM now() - start_date)::numeric, 1)"
+    ") ORDER BY latest_heartbeat DESC), '[]') FROM job "
+    "WHERE job_type = 'SchedulerJob' AND state = 'running' AND latest_heartbeat IS NOT NULL")
+
+
+def metastore_heartbeat(stale_seconds=None, timeout=10):
+    """
+    The scheduler heartbeats as the metastore itself has them: run on the db node (PostgreSQL
+    managed by this formula), as the postgres superuser over the local socket. The healing
+    runner reads heartbeats here, so no decision about a master rests on what that master says.
+    Same return as ``scheduler_heartbeat``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt infra airflow_health.metastore_heartbeat
+    """
+    try:
+        conf = _settings()
+    except _NoSettings as exc:
+        return _error(exc)
+    stale = conf["heartbeat_stale"] if stale_seconds is None else float(stale_seconds)
+    res = __salt__["cmd.run_all"](
+        ["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-v", "ON_ERROR_STOP=1",
+         "-p", str(conf["database_port"]), "-d", conf["database_name"]],
+        stdin=_HEARTBEAT_SQL + ";\n", python_shell=False, ignore_retcode=True,
+        output_loglevel="quiet", timeout=float(timeout),
+    )
+    if res.get("retcode"):
+        return {"status": "error", "detail": (res.get("stderr") or "no answer").strip()[:300]}
+    try:
+        rows = json.loads((res.get("stdout") or "").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"status": "error", "detail": "unparsable heartbeat rows"}
+    return _summarize_heartbeats(rows, stale)
+
+
+def backend_health(backend=None, timeout=3):
+    """
+    The load balancer's view of the api-servers: every server of the haproxy backend (name and
+    address from ``show stat``) probed from this node like ``api_server`` does locally. Run on
+    the lb node; the runner takes api-server health from here, not from the api-servers.
+
+    Returns ``{server: {'status': ok|down|blocked, ...}}`` (an ``error`` dict without settings
+    or socket).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt infra airflow_health.backend_health
+    """
+    rows = haproxy_backends(backend=backend)
+    if isinstance(rows, dict):
+        return rows
+    out = {}
+    for row in rows:
+        name, addr = row.get("name"), row.get("addr") or ""
+        if not _table("valid_minion_id")(name) or not re.match(r"^[0-9A-Za-z.:\[\]-]{1,80}$", addr):
+            continue
+        out[name] = api_server(url=f"http://{addr}/api/v2/monitor/health", timeout=timeout)
+    return out
 
 
 def worker_ping(timeout=None, hostname=None):

@@ -121,9 +121,13 @@ def remediate(minion, daemon, tag_minion=None, status=None, tag=None):
     """
     Handle a health event of ``daemon`` on ``minion`` (called by reactor/health.sls).
 
-    ``minion`` is the master-authenticated id of the sender, ``tag`` the event tag (a beacon
-    tag names a minion, which must be the sender), ``status`` the status the event claims: it
-    is audited as ``claimed`` but never acted on, the daemon is re-probed on the node first.
+    ``minion`` is the event's ``id``, ``tag`` its tag (a beacon tag names a minion, which must
+    be that id), ``status`` the status the event claims: it is audited as ``claimed`` but never
+    acted on. None of them is proof of anything: beacon events reach the master as the
+    ``events`` list of ``event.fire_master``, which the sending minion writes whole. So the
+    role comes from the role record, and the decision from the runner's own views: the daemon
+    re-probed on the minion it names, heartbeats from the metastore, api-servers as the load
+    balancer sees them.
     Malformed or spoofed requests are audited as ``ignored``. No rate limiting here: the
     reactor counts each event once, before any runner job (``airflow_gate.admit``).
 

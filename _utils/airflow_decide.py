@@ -478,13 +478,19 @@ def failover_needed(heartbeat, failed_names, manual):
     return any(host_matches(h, failed_names) for h in fresh_hosts(heartbeat))
 
 
-def candidate(check):
-    """A master's eligibility facts from its ``airflow_health.check`` (None: no answer)."""
+def candidate(check, seen=None):
+    """
+    A master's eligibility facts from its ``airflow_health.check`` (None: no answer). Its
+    word about itself is not enough: ``seen`` is its api-server as the load balancer sees it
+    (``api_health``: ok | dead | None), and a ``dead`` there overrides what it says.
+    """
     check = check if isinstance(check, dict) else {}
     facts = {"present": True}
     for daemon in CANDIDATE_NEEDS:
         entry = check.get(daemon)
         facts[daemon] = entry.get("status") if isinstance(entry, dict) else None
+    if seen == "dead":
+        facts["api-server"] = "dead"
     return facts
 
 

@@ -1,7 +1,7 @@
 """
 Health events and service remediation (Salt utility module ``airflow_heal``, master side).
 
-``check_request`` turns the raw values the reactor hands on (master-authenticated minion id,
+``check_request`` turns the raw values the reactor hands on (the event's minion id,
 event tag, claimed daemon and status) into a validated request or an audited ``ignored``.
 ``remediate_service`` re-probes a daemon on its node, decides (``airflow_decide``), and
 restarts it (SIGKILL first for a hung worker), damped and audited, unless one of its

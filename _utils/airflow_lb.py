@@ -33,9 +33,8 @@ def __virtual__():
 
 
 def _api_health(ctx, masters, present):
-    ret = ctx.ops.cmd(present, "airflow_health.api_server", tgt_type="list",
-                      timeout=ctx.conf["ping_timeout"] + 3) if present else {}
-    return ctx.core.api_health(ret, masters)
+    """{master: ok | dead | None} as the load balancer sees them (``Context.lb_view``)."""
+    return ctx.lb_view(masters)
 
 
 def _set_runtime_states(ctx, lbs, health, drained, actions):

@@ -238,6 +238,19 @@ class Context:
             health[dep] = self.core.dependency_status(answers, nodes)
         return health
 
+    def lb_view(self, masters):
+        """
+        {master: ok | dead | None}: each api-server as the load balancer sees it (the lb node
+        probes every backend server, ``airflow_health.backend_health``), never as the
+        api-server reports itself. No lb node answering: None for all (no evidence).
+        """
+        for lb in self.minions_running("haproxy"):
+            ret = self.ops.one(lb, "airflow_health.backend_health",
+                               timeout=self.conf["ping_timeout"] + 8)
+            if isinstance(ret, dict) and "status" not in ret:
+                return self.core.api_health(ret, masters)
+        return self.core.api_health({}, masters)
+
     def blocked_by(self, minion, daemon, **extra):
         """
         The dependency that explains ``daemon``'s failure on ``minion`` (audited as ``blocked``:

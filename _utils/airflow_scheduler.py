@@ -28,9 +28,22 @@ def __virtual__():
     return __virtualname__
 
 
-def _heartbeat(ctx, minion):
-    """A master's view of the scheduler heartbeats (None: no answer); staleness is the node's."""
-    hb = ctx.ops.one(minion, "airflow_health.scheduler_heartbeat")
+def _heartbeat(ctx, via, subject=None):
+    """
+    The scheduler heartbeats (None: no answer). Read where no master can colour them: on the
+    db node, from the metastore itself (``metastore_heartbeat``); with an external metastore
+    (no airflow-db node) through master ``via``, never through ``subject``, the master being
+    judged, when another one can answer.
+    """
+    ops = ctx.ops
+    for db in ctx.minions_running("postgresql"):
+        hb = ops.one(db, "airflow_health.metastore_heartbeat")
+        if isinstance(hb, dict) and hb.get("status") in ("ok", "stale", "none"):
+            return hb
+    if via == subject and subject is not None:
+        others = [m for m in ctx.minions_running("scheduler") if m != subject]
+        via = (ops.present(others) or [via])[0] if others else via
+    hb = ops.one(via, "airflow_health.scheduler_heartbeat") if via else None
     return hb if isinstance(hb, dict) else None
 
 
@@ -71,7 +84,7 @@ def _remediate_locked(ctx, reporter, grains_cache, claimed):
     core = ctx.core
     extra = {"claimed": core.claimed_status(claimed)} if core.claimed_status(claimed) else {}
     mode, active = ctx.placement(grains_cache)  # re-read inside the lock
-    heartbeat = _heartbeat(ctx, reporter) if mode != "active-active" else None
+    heartbeat = _heartbeat(ctx, reporter, subject=active) if mode != "active-active" else None
     if mode != "active-active" and fence_split(ctx, heartbeat, grains_cache, mode, active,
                                                f"event from {reporter}"):
         return {"result": "fenced"}
@@ -192,9 +205,12 @@ def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
         ops.fire("airflow/alert/scheduler/failover-damped",
                  {"failovers": count, "window": conf["failover_window"], "reason": reason})
         return {"result": "failover-damped", "failovers": count}
+    # a candidate's word about itself is not enough: its api-server must also be healthy as
+    # the load balancer sees it (when there is an lb view)
+    seen = ctx.lb_view(others)
     candidates = {
         m: core.candidate(ops.one(m, "airflow_health.check", [],
-                                  timeout=ctx.conf["probe_timeout"]))
+                                  timeout=ctx.conf["probe_timeout"]), seen.get(m))
         for m in others
     }
     new = core.elect_master(candidates, failed)

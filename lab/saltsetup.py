@@ -1,4 +1,5 @@
-"""Salt setup "as a user would": master config from the repo, minion config + grains,
+"""Salt setup "as a user would": master config from the repo, minion config, roles granted
+by `salt-run airflow.grant` (the master-owned role record + the grain),
 keys accepted explicitly by name, secrets as pillar files, deploy by orchestration."""
 from __future__ import annotations
 
@@ -76,11 +77,9 @@ systemctl start salt-master
 MINION_SCRIPT = r"""
 mkdir -p /etc/salt/minion.d
 printf 'master: {master}\nid: {node}\nacceptance_wait_time: 2\n' > /tmp/lab.conf
-printf '{grains}' > /tmp/grains
 changed=0
 cmp -s /tmp/lab.conf /etc/salt/minion.d/lab.conf || {{ mv /tmp/lab.conf /etc/salt/minion.d/lab.conf; changed=1; }}
-cmp -s /tmp/grains /etc/salt/grains || {{ mv /tmp/grains /etc/salt/grains; changed=1; }}
-rm -f /tmp/lab.conf /tmp/grains
+rm -f /tmp/lab.conf
 systemctl enable -q salt-minion
 if [ $changed = 1 ]; then systemctl restart salt-minion; else systemctl start salt-minion; fi
 """
@@ -102,9 +101,29 @@ def setup_master() -> None:
 
 
 def setup_minion(node: str) -> None:
-    roles = topology()[node]["roles"]
-    grains = "roles:\\n" + "".join(f"  - {r}\\n" for r in roles) if roles else "roles: []\\n"
-    _sh(node, MINION_SCRIPT.format(master=SALT_IP, node=node, grains=grains))
+    _sh(node, MINION_SCRIPT.format(master=SALT_IP, node=node))
+
+
+def grant_roles(names: list[str]) -> None:
+    """
+    Onboarding as README tells users: `salt-run airflow.grant <minion> <roles>` on the master
+    writes the master-owned role record and sets the minion's `roles` grain (no-op when both
+    already match).
+    """
+    for node in names:
+        roles = topology()[node]["roles"]
+        if not roles:
+            continue
+        p = nodes.exec_on(SALT_NODE, ["salt-run", "--out=json", "airflow.grant", node,
+                                      ",".join(roles)], check=False, timeout=180)
+        try:
+            out = p.stdout
+            res = json.loads(out[out.index("{") if out.startswith("{") else out.index("\n{"):])
+        except ValueError:
+            res = {}
+        if res.get("result") not in ("ok", "unchanged") or res.get("grain") == "unreachable":
+            raise LabError(f"salt-run airflow.grant {node} failed: {p.stdout[-400:]} {p.stderr[-400:]}")
+        progress(f"salt: {node} granted {','.join(roles)} ({res['result']})")
 
 
 def keys() -> dict:
@@ -164,6 +183,7 @@ def setup_salt(names: list[str] | None = None) -> None:
     accept_keys(names)
     time.sleep(2)
     ping(names)
+    grant_roles(names)
     progress(f"salt: {len(names)} minions answer test.ping ({time.monotonic() - t0:.1f}s)")
 
 

@@ -28,7 +28,7 @@ ah.__utils__ = {f"airflow_daemons.{n}": f for n, f in vars(table).items()
 NODE = {"home": "/opt/airflow", "venv": "/opt/airflow/venv", "airflow_cfg": "/opt/airflow/airflow.cfg",
         "api_server_port": 8081, "haproxy_socket": "/run/haproxy/admin.sock",
         "haproxy_backend": "airflow_api", "heartbeat_stale": 15, "start_grace": 20,
-        "worker_ping_timeout": 2, "postgresql_version": 15, "database_port": 5432,
+        "worker_ping_timeout": 2, "postgresql_version": 15, "database_port": 5432, "database_name": "airflow",
         "broker_port": 5672, "scheduler_mode": "active-standby"}
 
 
@@ -268,7 +268,7 @@ def test_settings_file_is_the_contract():
     assert set(ah.SETTINGS_KEYS) == {"home", "venv", "airflow_cfg", "api_server_port",
                                      "haproxy_socket", "haproxy_backend", "heartbeat_stale",
                                      "start_grace", "worker_ping_timeout", "postgresql_version",
-                                     "database_port", "broker_port", "scheduler_mode"}
+                                     "database_port", "database_name", "broker_port", "scheduler_mode"}
 
 
 def test_probes_without_node_settings_say_so(no_node, monkeypatch):

@@ -613,10 +613,14 @@ def test_key_deleted_reconciles_lb_and_rejects_garbage(env):
 
 
 # ------------------------------------------------------------------ load balancer
-def _lb_handler(backends, api):
+def _lb_handler(backends, api, self_report=None):
+    """``api``: each api-server's health as the lb node sees it (backend_health);
+    ``self_report``: what the api-servers say of themselves (default: the same)."""
     def handler(minion, fun, args):
+        if fun == "airflow_health.backend_health":
+            return {b["name"]: {"status": api.get(b["name"], "ok")} for b in backends}
         if fun == "airflow_health.api_server":
-            return {"status": api.get(minion, "ok")}
+            return {"status": (self_report if self_report is not None else api).get(minion, "ok")}
         if fun == "airflow_health.haproxy_backends":
             return backends
         if fun == "airflow_health.haproxy_set_server":
@@ -635,6 +639,17 @@ def test_reconcile_sets_dead_api_server_to_maint(env):
     assert res["runtime"] == {"infra": [("master2", "maint", True)] * 2}  # before+after reload
     assert env.clock.sleeps[0] == 0.5                                      # lb_quiet
     assert env.audit()[-1]["action"] == "reconcile_lb"
+
+
+def test_api_server_health_is_the_load_balancers_view_not_its_own(env):
+    # master2 says it is fine; the lb node cannot get a healthy answer from it: out it goes.
+    # master1 says it is down (a lie, or a forged event): the lb view keeps it in.
+    env.ops.handler = _lb_handler([{"name": "master1", "status": "UP"},
+                                   {"name": "master2", "status": "UP"}],
+                                  {"master2": "down"}, self_report={"master1": "down"})
+    res = env.rn.reconcile_lb("test")
+    assert res["health"] == {"master1": "ok", "master2": "dead"}
+    assert "airflow_health.api_server" not in env.ops.funs()
 
 
 def test_reconcile_partial_and_dry_run(env):

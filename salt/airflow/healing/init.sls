@@ -44,6 +44,7 @@ airflow-healing-settings:
         worker_ping_timeout: {{ healing.worker_ping_timeout|float }}
         postgresql_version: {{ airflow.database.postgresql_version|int }}
         database_port: {{ airflow.database.port|int }}
+        database_name: {{ airflow.database.name|tojson }}
         broker_port: {{ airflow.broker.port|int }}
         scheduler_mode: {{ airflow.scheduler.mode|tojson }}
 
