@@ -48,6 +48,10 @@ SETTINGS_KEYS = {
     "scheduler_mode": str,
 }
 
+#: Keys a settings file written by an older formula may lack (until its next highstate): the
+#: value the states write by default, so probes keep working across an upgrade.
+SETTINGS_OPTIONAL = {"database_name": "airflow"}
+
 UNIT_RE = re.compile(r"^[A-Za-z0-9@_.-]{1,128}$")  # a systemd unit name, not a minion id
 BACKEND_RE = re.compile(r"^[\w-]{1,64}$")  # an haproxy backend name
 HAPROXY_STATES = ("ready", "drain", "maint")
@@ -115,7 +119,7 @@ def _settings():
         raise _NoSettings(f"node settings {SETTINGS_FILE}: not a JSON object")
     out = {}
     for key, kind in SETTINGS_KEYS.items():
-        value = raw.get(key)
+        value = raw.get(key, SETTINGS_OPTIONAL.get(key))
         try:
             if value is None or isinstance(value, bool) or (kind is str and not value):
                 raise ValueError
