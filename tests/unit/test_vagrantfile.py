@@ -36,7 +36,7 @@ def test_six_machines_with_ips_and_roles():
 
 def test_grains_master_and_providers():
     t = text()
-    assert "/etc/salt/grains" in t and "master: #{MASTER_IP}" in t and "id: #{name}" in t
+    assert "salt-run airflow.grant #{name}" in t and "master: #{MASTER_IP}" in t and "id: #{name}" in t
     assert 'provider "virtualbox"' in t and 'provider "libvirt"' in t
     assert 'ENV.fetch("AIRFLOW_VM_BOX", "debian/bookworm64")' in t
     assert "AIRFLOW_VM_CPUS" in t and "AIRFLOW_VM_MEMORY" in t
