@@ -161,6 +161,7 @@ def add_node(name, roles, ip):
     saltsetup.setup_minion(name)
     saltsetup.accept_keys([name])
     saltsetup.ping([name])
+    saltsetup.grant_roles([name])
     progress(f"{name}: added ({','.join(roles)}, {ip}); run `deploy` or highstate to give it its role")
 
 
@@ -168,6 +169,9 @@ def add_node(name, roles, ip):
 def remove_node(name):
     if name in (SALT_NODE,):
         raise LabError("cannot remove the salt node")
+    roles = topology().get(name, {}).get("roles") or []
+    if roles and nodes.is_running(SALT_NODE):  # out of the master's role record first
+        salt("salt-run", "airflow.revoke", name, ",".join(roles), check=False, timeout=180)
     nodes.destroy(name)
     if nodes.is_running(SALT_NODE):
         salt("salt-key", "-y", "-d", name, check=False)
