@@ -1,6 +1,8 @@
-# Pillar targeting (docs/contracts.md). Secrets go only to the roles that use them:
-#   masters: cluster, database, broker, admin   workers: cluster, database, broker (no admin)
-#   db: database   broker: broker   lb: lb
+# Pillar targeting (docs/contracts.md). Secrets go only to the roles whose daemons use them:
+#   masters: fernet, api, jwt, database, results, broker, admin
+#   workers: api, results, broker        flower: broker, flower
+#   db: database, results   broker: broker   lb: lb
+# A minion with several roles gets the union (a file listed twice is read once).
 # Secrets never use ignore_missing: a missing file/key fails the run naming the key.
 base:
   '*':
@@ -13,23 +15,26 @@ base:
     - airflow_runtime
   'G@roles:airflow-master':
     - match: compound
-    - airflow.secrets.cluster
+    - airflow.secrets.fernet
+    - airflow.secrets.api
+    - airflow.secrets.jwt
     - airflow.secrets.database
+    - airflow.secrets.results
     - airflow.secrets.broker
     - airflow.secrets.admin
   'G@roles:airflow-worker':
     - match: compound
-    - airflow.secrets.cluster
-    - airflow.secrets.database
+    - airflow.secrets.api
+    - airflow.secrets.results
     - airflow.secrets.broker
   'G@roles:airflow-flower':
     - match: compound
-    - airflow.secrets.cluster
-    - airflow.secrets.database
     - airflow.secrets.broker
+    - airflow.secrets.flower
   'G@roles:airflow-db':
     - match: compound
     - airflow.secrets.database
+    - airflow.secrets.results
   'G@roles:airflow-broker':
     - match: compound
     - airflow.secrets.broker
