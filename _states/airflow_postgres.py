@@ -24,7 +24,8 @@ plaintext reaches neither argv nor the server's statement log.
         - port: 5432
 
 ``test=True`` reports what would change (role created, password set, LOGIN granted) and changes
-nothing (it reads ``pg_authid`` only).
+nothing (it reads ``pg_authid`` only); where the server does not answer yet (the same run would
+install or start it) it predicts a change instead of failing.
 """
 
 import base64
@@ -129,7 +130,12 @@ def role_present(name, password, port=5432, login=True):
         "SELECT rolcanlogin, coalesce(rolpassword, '') FROM pg_authid "
         f"WHERE rolname = {_literal(name)};\n", port)
     if res.get("retcode"):
-        ret.update(result=False, comment=f"cannot read role {name}: {_err(res)}")
+        if __opts__.get("test"):
+            # test=True on a node where this run would install/start PostgreSQL first
+            ret.update(result=None, changes={"role": {"old": "unknown", "new": name}},
+                       comment=f"PostgreSQL role {name} would be checked/created; cannot read it now: {_err(res)}")
+        else:
+            ret.update(result=False, comment=f"cannot read role {name}: {_err(res)}")
         return ret
     row = (res.get("stdout") or "").strip()
     exists = bool(row)

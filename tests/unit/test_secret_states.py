@@ -229,3 +229,22 @@ def test_postgres_quotes_identifiers_and_literals(psql):
     pg.role_present('we"ird\'name', PASSWORD)
     assert "rolname = 'we\"ird''name'" in fake.calls[0]["stdin"]
     assert fake.calls[1]["stdin"].startswith('CREATE ROLE "we""ird\'name" WITH LOGIN')
+
+
+def test_test_mode_predicts_a_change_where_the_server_is_not_up_yet(psql, rabbit, monkeypatch):
+    fake = psql(test=True)
+    monkeypatch.setattr(pg, "__salt__", {"cmd.run_all": lambda *a, **k: {
+        "retcode": 2, "stdout": "", "stderr": "psql: error: connection to server on socket failed"}})
+    ret = pg.role_present("airflow", PASSWORD)
+    assert ret["result"] is None and ret["changes"]
+    monkeypatch.setattr(pg, "__opts__", {"test": False})
+    assert pg.role_present("airflow", PASSWORD)["result"] is False
+    rabbit(test=True)
+
+    def down():
+        raise RuntimeError("Error: unable to perform an operation on node")
+    monkeypatch.setitem(rmq.__salt__, "rabbitmq.list_users", down)
+    ret = rmq.user_present("airflow", PASSWORD, perms=PERMS)
+    assert ret["result"] is None and ret["changes"]
+    monkeypatch.setattr(rmq, "__opts__", {"test": False})
+    assert rmq.user_present("airflow", PASSWORD, perms=PERMS)["result"] is False
