@@ -16,39 +16,68 @@ from . import nodes
 from .common import SALT_IP, SALT_NODE, SECRETS, STATE, LabError, minions, progress, topology
 
 SECRET_FILES = {
-    "cluster": ("fernet_key", "api_secret"),
+    "fernet": ("fernet_key",),
+    "api": ("api_secret_key",),
+    "jwt": ("jwt_secret",),
     "database": ("db_password",),
+    "results": ("results_db_password",),
     "broker": ("broker_password",),
     "admin": ("admin_user", "admin_password"),
+    "flower": ("flower_password",),
     "lb": ("lb_stats_password",),
 }
 PILLAR_SECRETS_DIR = "/etc/airflow-salt/pillar/airflow/secrets"
+#: pillar files of earlier versions of the lab, removed from the salt node (cluster.sls held
+#: fernet_key + api_secret for masters AND workers)
+STALE_SECRET_FILES = ("cluster",)
+
+
+def _generate() -> dict:
+    return {
+        "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "api_secret_key": lambda: _secrets.token_hex(32),
+        "jwt_secret": lambda: _secrets.token_hex(32),
+        "db_password": lambda: _secrets.token_hex(16),
+        "results_db_password": lambda: _secrets.token_hex(16),
+        "broker_password": lambda: _secrets.token_hex(16),
+        "admin_user": lambda: "admin",
+        "admin_password": lambda: _secrets.token_hex(12),
+        "flower_password": lambda: _secrets.token_hex(12),
+        "lb_stats_password": lambda: _secrets.token_hex(12),
+    }
+
+
+def _read_secrets() -> dict:
+    out = {}
+    for line in SECRETS.read_text().splitlines():
+        if ":" in line and not line.lstrip().startswith("#"):
+            k, v = line.split(":", 1)
+            v = v.strip()
+            out[k.strip()] = json.loads(v) if v.startswith('"') else v
+    return out
 
 
 def load_secrets() -> dict:
-    """Secrets of the lab, generated once into STATE/secrets.yaml (flat `key: "value"` YAML)."""
-    if SECRETS.exists():
-        out = {}
-        for line in SECRETS.read_text().splitlines():
-            if ":" in line and not line.lstrip().startswith("#"):
-                k, v = line.split(":", 1)
-                v = v.strip()
-                out[k.strip()] = json.loads(v) if v.startswith('"') else v
-        return out
-    data = {
-        "fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "api_secret": _secrets.token_hex(32),
-        "db_password": _secrets.token_hex(16),
-        "broker_password": _secrets.token_hex(16),
-        "admin_user": "admin",
-        "admin_password": _secrets.token_hex(12),
-        "lb_stats_password": _secrets.token_hex(12),
-    }
-    STATE.mkdir(parents=True, exist_ok=True)
-    fd = os.open(SECRETS, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("# airflow lab secrets (generated once; `python3 -m lab down --purge` deletes them)\n")
-        f.writelines(f"{k}: {json.dumps(v)}\n" for k, v in data.items())
+    """Secrets of the lab, generated once into STATE/secrets.yaml (flat `key: "value"` YAML, 0600).
+
+    A secrets.yaml of an earlier lab keeps its values; keys it lacks are generated and added
+    (the old `api_secret` becomes `api_secret_key`, the jwt_secret is a new, separate one)."""
+    data = _read_secrets() if SECRETS.exists() else {}
+    missing = [k for k in _generate() if not data.get(k)]
+    if "api_secret_key" in missing and data.get("api_secret"):
+        data["api_secret_key"] = data["api_secret"]
+        missing.remove("api_secret_key")
+    for key in missing:
+        data[key] = _generate()[key]()
+    if missing or not SECRETS.exists() or SECRETS.stat().st_mode & 0o077:
+        STATE.mkdir(parents=True, exist_ok=True)
+        tmp = SECRETS.with_name(SECRETS.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write("# airflow lab secrets (generated once; `python3 -m lab down --purge` deletes them)\n")
+            f.writelines(f"{k}: {json.dumps(v)}\n" for k, v in data.items())
+        os.replace(tmp, SECRETS)
     return data
 
 
@@ -66,6 +95,7 @@ def _sh(node: str, script: str, timeout=120, input=None):
 
 MASTER_SCRIPT = r"""
 mkdir -p /etc/salt/master.d {pdir}
+chmod 0700 {pdir}
 before=$(cat /etc/salt/master.d/*.conf 2>/dev/null | md5sum)
 for f in /srv/airflow/conf/master.d/*.conf; do [ -e "$f" ] && cp "$f" /etc/salt/master.d/; done
 after=$(cat /etc/salt/master.d/*.conf 2>/dev/null | md5sum)
@@ -88,9 +118,12 @@ if [ $changed = 1 ]; then systemctl restart salt-minion; else systemctl start sa
 def setup_master() -> None:
     t0 = time.monotonic()
     _sh(SALT_NODE, MASTER_SCRIPT.format(pdir=PILLAR_SECRETS_DIR))
+    # umask 077: the pillar files are 0600 root (the salt-master runs as root)
     for path, body in pillar_files(load_secrets()).items():
-        nodes.exec_on(SALT_NODE, ["/bin/sh", "-c", f"umask 077; cat > {path}.tmp && mv {path}.tmp {path}"],
+        nodes.exec_on(SALT_NODE, ["/bin/sh", "-c", f"umask 077; cat > {path}.tmp && chmod 0600 {path}.tmp "
+                                                   f"&& mv {path}.tmp {path}"],
                       input=body)
+    nodes.exec_on(SALT_NODE, ["rm", "-f", *[f"{PILLAR_SECRETS_DIR}/{n}.sls" for n in STALE_SECRET_FILES]])
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if nodes.exec_on(SALT_NODE, ["salt-key", "-L", "--out=json"], check=False, timeout=30).returncode == 0:

@@ -8,12 +8,13 @@
           '(conf/master.d)') }}
 {%- endif %}
 {%- set members = salt['airflow_roles.members']() %}
-{#- role -> secret files (pillar/airflow/secrets/<file>.sls) -#}
+{#- role -> secret files (pillar/airflow/secrets/<file>.sls): only what the role's daemons read
+    (README "Secrets and who receives them"). A minion with several roles gets the union. -#}
 {%- set secrets_of = {
-  'airflow-master': ['cluster', 'database', 'broker', 'admin'],
-  'airflow-worker': ['cluster', 'database', 'broker'],
-  'airflow-flower': ['cluster', 'database', 'broker'],
-  'airflow-db': ['database'],
+  'airflow-master': ['fernet', 'api', 'jwt', 'database', 'results', 'broker', 'admin'],
+  'airflow-worker': ['api', 'results', 'broker'],
+  'airflow-flower': ['broker', 'flower'],
+  'airflow-db': ['database', 'results'],
   'airflow-broker': ['broker'],
   'airflow-lb': ['lb'],
 } %}

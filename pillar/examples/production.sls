@@ -11,6 +11,8 @@
 #     cidr: 10.20.0.0/16
 #   # Managed PostgreSQL (e.g. Amazon RDS): nothing is installed on airflow-db nodes (give no
 #   # minion that role); only the connection is configured. Password: airflow:secrets:db_password.
+#   # The Celery result backend needs its own role + database there (create them yourself;
+#   # password: airflow:secrets:results_db_password): workers never get the metastore password.
 #   database:
 #     external: True
 #     driver: postgresql            # or mysql (MySQL 8; adds the mysql extra + client headers)
@@ -18,6 +20,8 @@
 #     port: 5432
 #     name: airflow
 #     user: airflow
+#     results_name: airflow_results
+#     results_user: airflow_results
 #   # Managed RabbitMQ (e.g. Amazon MQ); same idea.
 #   broker:
 #     external: True
@@ -26,6 +30,8 @@
 #     port: 5671
 #     vhost: airflow
 #     user: airflow
+#   flower:
+#     user: ops                      # Flower basic auth (password: airflow:secrets:flower_password)
 #   lb:
 #     host: airflow.example.internal   # a DNS name in front of the haproxy nodes
 #     port: 8080

@@ -52,14 +52,15 @@ MINION_ROLES = {
 }
 
 TEST_SECRETS = {
-    "cluster": {
-        "fernet_key": "x5nNYqK0U6GsBpdmNn3Mo-UaWyy8ksTcRX0sVUJ2Ghg=",
-        "api_secret": "test-api-secret-0123456789",
-    },
+    "fernet": {"fernet_key": "x5nNYqK0U6GsBpdmNn3Mo-UaWyy8ksTcRX0sVUJ2Ghg="},
+    "api": {"api_secret_key": "test-api-secret-key-0123456789"},
+    "jwt": {"jwt_secret": "test-jwt-secret-0123456789"},
     # '%' and '/' on purpose: must be URL-encoded and %-escaped in airflow.cfg.
     "database": {"db_password": "db-pw%with/specials"},
+    "results": {"results_db_password": "results-pw%with/specials"},
     "broker": {"broker_password": "broker-pw-test"},
     "admin": {"admin_user": "admin", "admin_password": "admin-pw-test"},
+    "flower": {"flower_password": "flower-pw-test"},
     "lb": {"lb_stats_password": "stats-pw-test"},
 }
 

@@ -133,6 +133,8 @@ def test_db_clean_keeps_the_data_unless_purge_data(salt_cli, marker_on):
     if shutil.which("psql"):  # the drop needs psql (this host has it or not)
         assert purge["airflow-db-clean-database"]["fun"] == "postgres_database.absent"
         assert purge["airflow-db-clean-role"]["fun"] == "postgres_user.absent"
+        assert purge["airflow-db-clean-results-database"]["name"] == "airflow_results"
+        assert purge["airflow-db-clean-results-role"]["name"] == "airflow_results"
 
 
 def test_broker_and_lb_clean_only_with_their_marker(salt_cli, marker_on):

@@ -19,11 +19,14 @@ def test_master_airflow_cfg(rendered):
     # '%' and '/' in the password: URL-encoded, then '%%'-escaped (configparser gives back '%25')
     assert cfg["database"]["sql_alchemy_conn"] == \
         "postgresql+psycopg2://airflow:db-pw%25with%2Fspecials@127.0.0.1:5432/airflow"
+    # the Celery result backend has its own database and role (never the metastore password)
     assert cfg["celery"]["result_backend"] == \
-        "db+postgresql://airflow:db-pw%25with%2Fspecials@127.0.0.1:5432/airflow"
+        "db+postgresql://airflow_results:results-pw%25with%2Fspecials@127.0.0.1:5432/airflow_results"
     assert cfg["celery"]["broker_url"] == "amqp://airflow:broker-pw-test@127.0.0.1:5672/airflow"
     assert cfg["celery"]["worker_concurrency"] == "4"
-    assert cfg["api"]["secret_key"] == cfg["api_auth"]["jwt_secret"] == "test-api-secret-0123456789"
+    # separate secrets for separate purposes
+    assert cfg["api"]["secret_key"] == "test-api-secret-key-0123456789"
+    assert cfg["api_auth"]["jwt_secret"] == "test-jwt-secret-0123456789"
     assert cfg["api"]["workers"] == "2"
     assert cfg["dag_processor"]["parsing_processes"] == "1"
     assert cfg["core"]["simple_auth_manager_users"] == "admin:admin"
@@ -67,10 +70,11 @@ def test_secrets_per_role(salt_cli, test_secrets):
     ret = salt_cli.run("pillar.item", "airflow:secrets", minion_tgt="*")
     assert ret.returncode == 0, ret
     got = {m: set((d or {}).get("airflow:secrets") or {}) for m, d in ret.data.items()}
-    assert got["master1"] == got["master2"] == {"fernet_key", "api_secret", "db_password", "broker_password",
+    assert got["master1"] == got["master2"] == {"fernet_key", "api_secret_key", "jwt_secret", "db_password",
+                                                 "results_db_password", "broker_password",
                                                  "admin_user", "admin_password"}
-    assert got["worker1"] == {"fernet_key", "api_secret", "db_password", "broker_password"}
-    assert got["infra"] == {"db_password", "broker_password", "lb_stats_password"}
+    assert got["worker1"] == {"api_secret_key", "results_db_password", "broker_password"}
+    assert got["infra"] == {"db_password", "results_db_password", "broker_password", "lb_stats_password"}
 
 
 def test_missing_secret_fails_naming_the_key(salt_cli):

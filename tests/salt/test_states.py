@@ -120,10 +120,15 @@ def test_infra_highstate_db_broker_lb(highstate):
     states = highstate("infra")
     hba = states["airflow-db-pg-hba"]
     assert "host    airflow    airflow    127.0.0.0/8    scram-sha-256" in hba["content"]
+    assert "host    airflow_results    airflow_results    127.0.0.0/8    scram-sha-256" in hba["content"]
     assert "listen_addresses = '*'" in states["airflow-db-config"]["contents"]
-    assert states["airflow-db-role"]["fun"] == "postgres_user.present"
-    assert states["airflow-db-role"]["encrypted"] == "scram-sha-256"
+    # passwords on psql's / rabbitmqctl's stdin (never argv): the formula's own state modules
+    assert states["airflow-db-role"]["fun"] == "airflow_postgres.role_present"
     assert states["airflow-db-database"]["owner"] == "airflow"
+    assert states["airflow-db-results-role"]["fun"] == "airflow_postgres.role_present"
+    assert states["airflow-db-results-role"]["name"] == "airflow_results"
+    assert states["airflow-db-results-database"]["owner"] == "airflow_results"
+    assert states["airflow-broker-user"]["fun"] == "airflow_rabbitmq.user_present"
     assert states["airflow-broker-guest-absent"]["fun"] == "rabbitmq_user.absent"
     assert states["airflow-broker-guest-absent"]["name"] == "guest"
     assert states["airflow-broker-user"]["perms"] == [{"airflow": [".*", ".*", ".*"]}]

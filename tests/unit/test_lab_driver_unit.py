@@ -47,12 +47,32 @@ def test_secrets_generated_once_and_pillar_layout(lab):
     assert s.load_secrets() == sec  # stable across calls (read back from secrets.yaml)
     files = s.pillar_files(sec)
     assert sorted(files) == [f"/etc/airflow-salt/pillar/airflow/secrets/{n}.sls"
-                             for n in ("admin", "broker", "cluster", "database", "lb")]
+                             for n in ("admin", "api", "broker", "database", "fernet", "flower", "jwt",
+                                       "lb", "results")]
     import yaml
-    cluster = yaml.safe_load(files["/etc/airflow-salt/pillar/airflow/secrets/cluster.sls"])
-    assert cluster == {"airflow": {"secrets": {"fernet_key": sec["fernet_key"], "api_secret": sec["api_secret"]}}}
+    api = yaml.safe_load(files["/etc/airflow-salt/pillar/airflow/secrets/api.sls"])
+    assert api == {"airflow": {"secrets": {"api_secret_key": sec["api_secret_key"]}}}
     lb = yaml.safe_load(files["/etc/airflow-salt/pillar/airflow/secrets/lb.sls"])
     assert lb["airflow"]["secrets"]["lb_stats_password"] == sec["lb_stats_password"]
+    # separate secrets for separate purposes; secrets.yaml readable by root only
+    values = [v for k, v in sec.items() if k != "admin_user"]
+    assert len(set(values)) == len(values)
+    assert (s.SECRETS.stat().st_mode & 0o777) == 0o600
+
+
+def test_secrets_of_an_older_lab_are_kept_and_completed(lab):
+    s = lab["saltsetup"]
+    s.SECRETS.parent.mkdir(parents=True, exist_ok=True)
+    s.SECRETS.write_text('fernet_key: "fk"\napi_secret: "old-api"\ndb_password: "dbpw"\n'
+                         'broker_password: "bpw"\nadmin_user: "admin"\nadmin_password: "apw"\n'
+                         'lb_stats_password: "lpw"\n')
+    s.SECRETS.chmod(0o644)
+    sec = s.load_secrets()
+    assert sec["fernet_key"] == "fk" and sec["db_password"] == "dbpw" and sec["admin_password"] == "apw"
+    assert sec["api_secret_key"] == "old-api"  # continuity of the api-servers' signing key
+    assert sec["jwt_secret"] not in ("old-api", "") and sec["results_db_password"] and sec["flower_password"]
+    assert s.load_secrets() == sec
+    assert (s.SECRETS.stat().st_mode & 0o777) == 0o600
 
 
 def test_resolv_conf_skips_loopback(monkeypatch):

@@ -12,7 +12,7 @@ include:
 airflow-broker-package:
   pkg.installed:
     - name: rabbitmq-server
-    # rabbitmq_* states need rabbitmqctl: load them again after the install.
+    # rabbitmq_* / airflow_rabbitmq states need rabbitmqctl: load them again after the install.
     - reload_modules: True
 
 {#- Debian's unit has Restart=on-failure already, but the default start limit (5 in 10 s). #}
@@ -33,8 +33,10 @@ airflow-broker-vhost:
     - require:
       - service: airflow-broker-service
 
+# The password goes to rabbitmqctl on stdin (_states/airflow_rabbitmq.py): rabbitmq_user.present
+# runs `rabbitmqctl authenticate_user <user> <password>` at every highstate (visible in ps).
 airflow-broker-user:
-  rabbitmq_user.present:
+  airflow_rabbitmq.user_present:
     - name: {{ br.user }}
     - password: {{ secret('broker_password')|json }}
     - perms:

@@ -1,7 +1,7 @@
 {#- Takes the airflow-db role away: the airflow settings of PostgreSQL (conf.d/airflow.conf, the
     pg_hba.conf block) removed and the postgresql service stopped + disabled. The data stays: the
-    metastore database and its role are dropped only with airflow:clean:purge_data: true (before
-    the stop). The packages stay installed. Renders only where airflow.db set PostgreSQL up (its
+    metastore and result-backend databases and their roles are dropped only with
+    airflow:clean:purge_data: true (before the stop). The packages stay installed. Renders only where airflow.db set PostgreSQL up (its
     marker or conf.d/airflow.conf): a PostgreSQL of someone else is never stopped. -#}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/macros.jinja' import mine_update with context %}
@@ -13,21 +13,24 @@
 {%- if here %}
 {%-   if airflow.clean.purge_data and salt['cmd.has_exec']('psql') %}
 
-airflow-db-clean-database:
+{%-     for what, dbname, dbuser in [('', db.name, db.user), ('results-', db.results_name, db.results_user)] %}
+
+airflow-db-clean-{{ what }}database:
   postgres_database.absent:
-    - name: {{ db.name }}
+    - name: {{ dbname }}
     - user: postgres
     - require_in:
       - service: airflow-db-clean-service
 
-airflow-db-clean-role:
+airflow-db-clean-{{ what }}role:
   postgres_user.absent:
-    - name: {{ db.user }}
+    - name: {{ dbuser }}
     - user: postgres
     - require:
-      - postgres_database: airflow-db-clean-database
+      - postgres_database: airflow-db-clean-{{ what }}database
     - require_in:
       - service: airflow-db-clean-service
+{%-     endfor %}
 {%-   endif %}
 
 airflow-db-clean-pg-hba:

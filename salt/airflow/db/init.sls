@@ -18,7 +18,7 @@ airflow-db-packages:
     - pkgs:
       - postgresql
       - postgresql-client
-    # postgres_* states need psql: load them again after the install.
+    # postgres_* / airflow_postgres states need psql: load them again after the install.
     - reload_modules: True
 
 airflow-db-config:
@@ -43,6 +43,7 @@ airflow-db-pg-hba:
     - marker_end: '# END airflow (managed by Salt) --'
     - content: |
         host    {{ db.name }}    {{ db.user }}    {{ airflow.network.cidr }}    scram-sha-256
+        host    {{ db.results_name }}    {{ db.results_user }}    {{ airflow.network.cidr }}    scram-sha-256
     - append_if_not_found: True
     - require:
       - pkg: airflow-db-packages
@@ -77,13 +78,13 @@ airflow-db-reload:
     - require:
       - service: airflow-db-cluster-service
 
+# The roles' passwords go to psql on stdin (_states/airflow_postgres.py): postgres_user.present
+# would put their SCRAM verifiers on psql's command line.
 airflow-db-role:
-  postgres_user.present:
+  airflow_postgres.role_present:
     - name: {{ db.user }}
     - password: {{ secret('db_password')|json }}
-    - encrypted: scram-sha-256
-    - login: True
-    - user: postgres
+    - port: {{ db.port }}
     - require:
       - service: airflow-db-cluster-service
 
@@ -95,7 +96,27 @@ airflow-db-database:
     - template: template0
     - user: postgres
     - require:
-      - postgres_user: airflow-db-role
+      - airflow_postgres: airflow-db-role
+
+# The Celery result backend: its own role and database (owner: the role, so Celery can create
+# its tables), so that workers never hold the metastore password.
+airflow-db-results-role:
+  airflow_postgres.role_present:
+    - name: {{ db.results_user }}
+    - password: {{ secret('results_db_password')|json }}
+    - port: {{ db.port }}
+    - require:
+      - service: airflow-db-cluster-service
+
+airflow-db-results-database:
+  postgres_database.present:
+    - name: {{ db.results_name }}
+    - owner: {{ db.results_user }}
+    - encoding: UTF8
+    - template: template0
+    - user: postgres
+    - require:
+      - airflow_postgres: airflow-db-results-role
 
 {{ role_marker('airflow-db') }}
 {%- else %}
