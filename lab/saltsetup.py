@@ -23,7 +23,7 @@ SECRET_FILES = {
     "results": ("results_db_password",),
     "broker": ("broker_password",),
     "admin": ("admin_user", "admin_password"),
-    "flower": ("flower_password",),
+    "flower_auth": ("flower_password",),
     "lb": ("lb_stats_password",),
 }
 PILLAR_SECRETS_DIR = "/etc/airflow-salt/pillar/airflow/secrets"

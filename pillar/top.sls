@@ -13,7 +13,7 @@
 {%- set secrets_of = {
   'airflow-master': ['fernet', 'api', 'jwt', 'database', 'results', 'broker', 'admin'],
   'airflow-worker': ['api', 'results', 'broker'],
-  'airflow-flower': ['broker', 'flower'],
+  'airflow-flower': ['broker', 'flower_auth'],
   'airflow-db': ['database', 'results'],
   'airflow-broker': ['broker'],
   'airflow-lb': ['lb'],

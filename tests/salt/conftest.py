@@ -60,7 +60,7 @@ TEST_SECRETS = {
     "results": {"results_db_password": "results-pw%with/specials"},
     "broker": {"broker_password": "broker-pw-test"},
     "admin": {"admin_user": "admin", "admin_password": "admin-pw-test"},
-    "flower": {"flower_password": "flower-pw-test"},
+    "flower_auth": {"flower_password": "flower-pw-test"},
     "lb": {"lb_stats_password": "stats-pw-test"},
 }
 

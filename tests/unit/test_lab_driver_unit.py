@@ -47,7 +47,7 @@ def test_secrets_generated_once_and_pillar_layout(lab):
     assert s.load_secrets() == sec  # stable across calls (read back from secrets.yaml)
     files = s.pillar_files(sec)
     assert sorted(files) == [f"/etc/airflow-salt/pillar/airflow/secrets/{n}.sls"
-                             for n in ("admin", "api", "broker", "database", "fernet", "flower", "jwt",
+                             for n in ("admin", "api", "broker", "database", "fernet", "flower_auth", "jwt",
                                        "lb", "results")]
     import yaml
     api = yaml.safe_load(files["/etc/airflow-salt/pillar/airflow/secrets/api.sls"])
