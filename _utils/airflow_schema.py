@@ -105,10 +105,13 @@ SCHEMA = {
     "broker:user": string(),
     "lb:host": string(empty=True),
     "lb:port": PORT,
+    "lb:http_port": PORT,
+    "lb:tls_pem": PATH,
     "lb:stats_port": PORT,
     "lb:stats_user": string(),
     "lb:admin_socket": PATH,
     "lb:backend": string(),
+    "tls:ca_cert": string(empty=True),  # PEM text; empty: the system trust store
     "systemd:restart_sec": integer(0),
     "systemd:dependency_wait": integer(1),
     "systemd:dependency_poll_max": integer(1),

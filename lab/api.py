@@ -86,7 +86,7 @@ def lab_deploy():
     dt = saltsetup.deploy()
     record_timing("deploy", dt)
     sec = secrets()
-    progress(f"Airflow UI (haproxy): {LB_URL}")
+    progress(f"Airflow UI (haproxy): {LB_URL}  (certificate from the lab CA {saltsetup.CA_CERT})")
     progress(f"haproxy stats:        {STATS_URL}  (user admin, password {sec['lb_stats_password']})")
     progress(f"login:                {sec['admin_user']} / {sec['admin_password']}")
     return dt

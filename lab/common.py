@@ -11,7 +11,8 @@ The lab is six systemd-nspawn nodes on the bridge ``airlab0`` (10.77.0.0/24):
 
 All stateful services share ONE infra node on purpose: it keeps the whole lab inside
 24 GiB / 2 cores, and there is only one NAT'd node that holds PostgreSQL, RabbitMQ and
-haproxy, which is what the tests address (http://10.77.0.30:8080/).
+haproxy, which is what the tests address (https://10.77.0.30/, certificate from the lab's CA:
+lab.saltsetup.CA_CERT; plain http://10.77.0.30/ redirects).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ PREFIX = 24
 COMMENT = "airflow-lab"
 SALT_NODE = "salt"
 SALT_IP = "10.77.0.2"
-LB_URL = "http://10.77.0.30:8080/"
+LB_URL = "https://10.77.0.30/"       # haproxy: HTTPS (lab CA: saltsetup.CA_CERT); http:// redirects
 STATS_URL = "http://10.77.0.30:1936/"
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

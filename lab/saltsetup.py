@@ -89,6 +89,96 @@ def pillar_files(sec: dict) -> dict[str, str]:
     return out
 
 
+# ------------------------------------------------------------------ TLS of the load balancer
+# A self-signed CA made once (like secrets.yaml) and a server certificate for the lb node (SAN:
+# its IP from the topology + its name; remade when those change or it nears its end). The openssl
+# CLI only: the lab driver runs with the host's python3. Keys are written 0600.
+TLS_DIR = STATE / "tls"
+CA_CERT = TLS_DIR / "ca.pem"   # what the lab tests (and a browser) verify haproxy's certificate with
+PILLAR_CA_FILE = "/etc/airflow-salt/pillar/airflow/ca.sls"   # airflow.ca: airflow:tls:ca_cert
+TLS_CNF = """[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE, pathlen:0
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = {san}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+"""
+
+
+def lb_node(topo: dict | None = None) -> tuple[str, str]:
+    """(name, ip) of the lab's airflow-lb node."""
+    topo = topo if topo is not None else topology()
+    for name in sorted(topo):
+        if "airflow-lb" in topo[name].get("roles", []):
+            return name, topo[name]["ip"]
+    raise LabError("no airflow-lb node in the lab topology")
+
+
+def _openssl(*argv, input=None) -> str:
+    p = subprocess.run(["openssl", *argv], capture_output=True, text=True, input=input)
+    if p.returncode != 0:
+        raise LabError(f"openssl {argv[0]} failed: {p.stderr.strip()}")
+    return p.stdout
+
+
+def _write_key(path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def ensure_tls(tls_dir=None, topo: dict | None = None) -> dict:
+    """The lab CA (made once) and the lb's certificate; returns their paths and PEM texts:
+    {ca_cert, lb_cert, lb_key: path, ca_pem, cert_pem, key_pem: text}."""
+    from pathlib import Path
+    d = Path(tls_dir) if tls_dir is not None else TLS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    ca_key, ca_pem, key, crt, san_file = (d / "ca.key", d / "ca.pem", d / "lb.key", d / "lb.pem", d / "lb.san")
+    name, ip = lb_node(topo)
+    san = f"IP:{ip}, DNS:{name}"
+    cnf = d / "openssl.cnf"
+    cnf.write_text(TLS_CNF.format(san=san))
+    if not (ca_key.exists() and ca_pem.exists()):
+        _write_key(ca_key, _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"))
+        ca_pem.write_text(_openssl("req", "-x509", "-new", "-key", str(ca_key), "-subj", "/CN=airflow lab CA",
+                                   "-days", "3650", "-config", str(cnf), "-extensions", "ca"))
+        crt.unlink(missing_ok=True)  # a new CA: the old server certificate no longer verifies
+    fresh = (crt.exists() and key.exists() and san_file.exists() and san_file.read_text() == san and
+             subprocess.run(["openssl", "x509", "-checkend", str(30 * 86400), "-noout", "-in", str(crt)],
+                            capture_output=True).returncode == 0)
+    if not fresh:
+        _write_key(key, _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"))
+        csr = _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-config", str(cnf))
+        crt.write_text(_openssl("x509", "-req", "-in", "/dev/stdin", "-CA", str(ca_pem), "-CAkey", str(ca_key),
+                                "-set_serial", "0x" + _secrets.token_hex(16), "-days", "825",
+                                "-extfile", str(cnf), "-extensions", "server", input=csr))
+        san_file.write_text(san)
+    return {"ca_cert": ca_pem, "lb_cert": crt, "lb_key": key, "ca_pem": ca_pem.read_text(),
+            "cert_pem": crt.read_text(), "key_pem": key.read_text()}
+
+
+def tls_pillar_files(tls: dict | None = None) -> dict[str, str]:
+    """airflow.secrets.tls (lb only: lb_tls_cert, lb_tls_key) and airflow.ca (every node:
+    airflow:tls:ca_cert, public) for the salt master."""
+    tls = tls if tls is not None else ensure_tls()
+    head = "# written by the airflow lab driver\nairflow:\n"
+    return {
+        f"{PILLAR_SECRETS_DIR}/tls.sls": head + "  secrets:\n" +
+        f"    lb_tls_cert: {json.dumps(tls['cert_pem'])}\n    lb_tls_key: {json.dumps(tls['key_pem'])}\n",
+        PILLAR_CA_FILE: head + f"  tls:\n    ca_cert: {json.dumps(tls['ca_pem'])}\n",
+    }
+
+
 def _sh(node: str, script: str, timeout=120, input=None):
     return nodes.exec_on(node, ["/bin/sh", "-ec", script], timeout=timeout, input=input)
 
@@ -119,7 +209,7 @@ def setup_master() -> None:
     t0 = time.monotonic()
     _sh(SALT_NODE, MASTER_SCRIPT.format(pdir=PILLAR_SECRETS_DIR))
     # umask 077: the pillar files are 0600 root (the salt-master runs as root)
-    for path, body in pillar_files(load_secrets()).items():
+    for path, body in {**pillar_files(load_secrets()), **tls_pillar_files()}.items():
         nodes.exec_on(SALT_NODE, ["/bin/sh", "-c", f"umask 077; cat > {path}.tmp && chmod 0600 {path}.tmp "
                                                    f"&& mv {path}.tmp {path}"],
                       input=body)

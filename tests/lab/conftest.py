@@ -16,8 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results"
-LB = "http://10.77.0.30:8080"
-STATS = "http://10.77.0.30:1936"
+from tests.lab.helpers import LB, STATS, lab_ca  # noqa: E402,F401  haproxy: https, the lab CA
 
 # Traffic to the lab's node addresses never goes through an HTTP proxy of the host.
 for _var in ("no_proxy", "NO_PROXY"):
@@ -64,8 +63,11 @@ def _deployed(api) -> bool:
     import urllib.request
     if not all(api.is_running(n) for n in api.topology()):
         return False
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    import ssl
     try:
+        ctx = ssl.create_default_context(cafile=lab_ca())  # no CA yet: not deployed by this tree
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             urllib.request.HTTPSHandler(context=ctx))
         with opener.open(LB + "/api/v2/monitor/health", timeout=5) as r:
             return r.status == 200
     except Exception:  # noqa: BLE001
@@ -123,6 +125,7 @@ class AirflowAPI:
         import requests
         self.base, self.username, self.password = base.rstrip("/"), username, password
         self.s = requests.Session()
+        self.s.verify = lab_ca()  # haproxy's certificate, checked against the lab CA
         self.token = None
 
     def _login(self):

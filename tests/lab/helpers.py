@@ -26,6 +26,16 @@ DB_NODE = "infra"          # airflow-db, airflow-broker and airflow-lb in the la
 LB_NODE = "infra"
 SALT_NODE = "salt"
 SALT_PYTHON = "/opt/saltstack/bin/python3"   # Salt's venv in every node (lab/image.py)
+LB = "https://10.77.0.30"          # haproxy: HTTPS, its certificate from the lab CA (lab_ca())
+LB_HTTP = "http://10.77.0.30"      # plain HTTP (airflow:lb:http_port 80): only redirects to LB
+STATS = "http://10.77.0.30:1936"   # the stats listener stays plain HTTP
+
+
+def lab_ca() -> str:
+    """Path of the lab CA (made once by the lab driver) that haproxy's certificate verifies against:
+    requests' verify=, curl --cacert, ssl.create_default_context(cafile=)."""
+    from lab.saltsetup import CA_CERT
+    return str(CA_CERT)
 
 
 # ====================================================================== copied from test_self_healing.py

@@ -8,8 +8,9 @@ import time
 import pytest
 import requests
 
-LB = "http://10.77.0.30:8080"
-STATS_CSV = "http://10.77.0.30:1936/;csv"
+from tests.lab.helpers import LB, LB_HTTP, STATS, WORKER, lab_ca
+
+STATS_CSV = STATS + "/;csv"
 MASTERS = {"master1": "10.77.0.11", "master2": "10.77.0.12"}
 WORKERS = ("worker1", "worker2")
 
@@ -32,12 +33,40 @@ def _wait(fn, timeout, every=3, what="condition"):
 
 def test_health_through_haproxy_and_both_api_servers(lab):
     def healthy(base):
-        r = requests.get(base + "/api/v2/monitor/health", timeout=10)
+        r = requests.get(base + "/api/v2/monitor/health", timeout=10, verify=lab_ca())
         return r.status_code == 200 and r.json()["metadatabase"]["status"] == "healthy" and r.json()
     body = _wait(lambda: healthy(LB), 120, what="health via haproxy")
     print("health via haproxy:", json.dumps(body))
     for name, ip in MASTERS.items():
         _wait(lambda: healthy(f"http://{ip}:8080"), 120, what=f"health of {name}")
+
+
+def test_https_with_the_lab_ca_http_redirects_and_workers_use_it(lab):
+    """haproxy's certificate verifies against the lab CA for the lb's IP (what the nodes use),
+    without that CA it does not; plain HTTP gets a redirect to the same URL over https; a
+    worker's Task SDK client is pointed at https and at the CA file."""
+    import configparser
+    import socket
+    import ssl
+    host = LB.split("://", 1)[1]
+    ctx = ssl.create_default_context(cafile=lab_ca())
+    with socket.create_connection((host, 443), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as tls:
+        assert tls.version() in ("TLSv1.2", "TLSv1.3"), tls.version()
+        assert ("IP Address", host) in tls.getpeercert()["subjectAltName"]
+    r = requests.get(LB + "/api/v2/monitor/health", timeout=10, verify=lab_ca())
+    assert r.status_code == 200, r.text
+    with pytest.raises(requests.exceptions.SSLError):  # certifi alone does not know the lab CA
+        requests.get(LB + "/api/v2/monitor/health", timeout=10)
+    r = requests.get(LB_HTTP + "/api/v2/monitor/health?probe=1", timeout=10, allow_redirects=False)
+    assert r.status_code == 301 and r.headers["Location"] == LB + "/api/v2/monitor/health?probe=1", \
+        (r.status_code, r.headers)
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(lab.exec_on(WORKER, ["cat", "/opt/airflow/airflow.cfg"], timeout=30).stdout)
+    assert cfg["core"]["execution_api_server_url"] == LB + "/execution/"
+    assert cfg["api"]["ssl_ca_file"] == "/opt/airflow/ca.pem"
+    on_node = lab.exec_on(WORKER, ["cat", "/opt/airflow/ca.pem"], timeout=30).stdout
+    assert on_node.strip() == open(lab_ca()).read().strip()
 
 
 def test_haproxy_stats_show_both_backends_up(lab):

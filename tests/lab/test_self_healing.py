@@ -10,7 +10,8 @@ import time
 import pytest
 import requests
 
-LB = "http://10.77.0.30:8080"
+from tests.lab.helpers import LB, lab_ca  # noqa: E402  https, verified against the lab CA
+
 MASTERS = ("master1", "master2")
 
 
@@ -227,6 +228,7 @@ def test_haproxy_follows_api_servers(healing, results_file):
 
     def loop():
         s = requests.Session()
+        s.verify = lab_ca()
         while not stop.is_set():
             try:
                 r = s.get(LB + "/api/v2/monitor/health", timeout=10)

@@ -62,6 +62,9 @@ TEST_SECRETS = {
     "admin": {"admin_user": "admin", "admin_password": "admin-pw-test"},
     "flower_auth": {"flower_password": "flower-pw-test"},
     "lb": {"lb_stats_password": "stats-pw-test"},
+    # no `haproxy -c` runs in this tier (test=True skips check_cmd): placeholders are enough
+    "tls": {"lb_tls_cert": "-----BEGIN CERTIFICATE-----\ntest-cert\n-----END CERTIFICATE-----\n",
+            "lb_tls_key": "-----BEGIN PRIVATE KEY-----\ntest-key\n-----END PRIVATE KEY-----\n"},
 }
 
 # Site overrides of formula files (TOFS): path under the site file root -> content.

@@ -147,6 +147,7 @@ def test_broker_and_lb_clean_only_with_their_marker(salt_cli, marker_on):
     lb = _show(salt_cli, "airflow.lb.clean", "master1")
     assert lb["airflow-lb-clean-service"]["name"] == "haproxy"
     assert lb["airflow-lb-clean-config"]["name"] == "/etc/haproxy/haproxy.cfg"
+    assert lb["airflow-lb-clean-tls-pem"]["name"] == "/etc/haproxy/airflow.pem"  # the TLS key goes too
 
 
 def test_software_clean_removes_home_venv_and_is_then_a_noop(salt_cli):

@@ -47,6 +47,9 @@ def test_daemon_watches_only_what_affects_it(highstate):
     assert sorted(trig) == sorted([("file", "airflow-triggerer-unit"), ("file", "airflow-config"),
                                    ("cmd", "airflow-pip-install")])
     assert ("file", "airflow-scheduler-guard-script") in _watch(states["airflow-scheduler-service"])
+    # only the worker's tasks reach the Task Execution API over HTTPS (the triggerer and the
+    # dag-processor use it in-process): a new CA file restarts the worker alone
+    assert ("file", "airflow-config-ca-cert") in _watch(highstate("worker1")["airflow-worker-service"])
 
 
 def test_daemon_command_lines_carry_tuning(highstate):
@@ -135,6 +138,11 @@ def test_infra_highstate_db_broker_lb(highstate):
     assert states["airflow-broker-vhost"]["name"] == "airflow"
     assert states["airflow-lb-config"]["check_cmd"] == "haproxy -c -f"
     assert states["airflow-lb-service"]["reload"] is True
+    pem = states["airflow-lb-tls-pem"]
+    assert (pem["name"], pem["user"], pem["mode"], pem["show_changes"]) == \
+        ("/etc/haproxy/airflow.pem", "root", "0600", False)
+    assert {"file": "airflow-lb-tls-pem"} in states["airflow-lb-config"]["require"]  # haproxy -c loads it
+    assert {"file": "airflow-lb-tls-pem"} in states["airflow-lb-service"]["watch"]  # a new certificate reloads
     # no Airflow daemon here, and every state ID is the formula's own (airflow-<sls>-<what>)
     for name in DAEMONS_MASTER + ["worker", "flower"]:
         assert f"airflow-{name}-service" not in states and f"airflow-{name}-unit" not in states

@@ -1,6 +1,7 @@
 """Fast tests of the lab driver's pure logic (no root, no nodes)."""
 import base64
 import importlib
+import shutil
 import subprocess
 import sys
 
@@ -73,6 +74,41 @@ def test_secrets_of_an_older_lab_are_kept_and_completed(lab):
     assert sec["jwt_secret"] not in ("old-api", "") and sec["results_db_password"] and sec["flower_password"]
     assert s.load_secrets() == sec
     assert (s.SECRETS.stat().st_mode & 0o777) == 0o600
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl CLI")
+def test_lab_tls_ca_once_server_certificate_for_the_lb_node(lab):
+    """A CA made once under STATE/tls, a certificate for the lb node (SAN: its IP and name) that
+    verifies against it, keys 0600, reused on the next call, remade when the lb's IP changes."""
+    import copy
+    import ssl
+    import yaml
+    s, common = lab["saltsetup"], importlib.import_module("lab.common")
+    assert s.CA_CERT == common.STATE / "tls" / "ca.pem"
+    topo = copy.deepcopy(common.DEFAULT_TOPOLOGY)
+    assert s.lb_node(topo) == ("infra", "10.77.0.30")
+    t = s.ensure_tls(topo=topo)
+    assert t["ca_cert"] == s.CA_CERT and s.CA_CERT.exists()
+    for key in ("ca.key", "lb.key"):
+        assert (s.TLS_DIR / key).stat().st_mode & 0o777 == 0o600, key
+    text = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", str(t["lb_cert"])],
+                          capture_output=True, text=True, check=True).stdout
+    assert "IP Address:10.77.0.30" in text and "DNS:infra" in text and "TLS Web Server Authentication" in text
+    subprocess.run(["openssl", "verify", "-CAfile", str(s.CA_CERT), str(t["lb_cert"])], check=True,
+                   capture_output=True)
+    ssl.create_default_context(cafile=str(s.CA_CERT))  # loads as a trust anchor
+    again = s.ensure_tls(topo=topo)
+    assert (again["ca_pem"], again["cert_pem"], again["key_pem"]) == (t["ca_pem"], t["cert_pem"], t["key_pem"])
+    topo["infra"]["ip"] = "10.77.0.31"
+    moved = s.ensure_tls(topo=topo)
+    assert moved["ca_pem"] == t["ca_pem"] and moved["cert_pem"] != t["cert_pem"]  # same CA, new SAN
+    files = s.tls_pillar_files(moved)
+    assert sorted(files) == ["/etc/airflow-salt/pillar/airflow/ca.sls",
+                             "/etc/airflow-salt/pillar/airflow/secrets/tls.sls"]
+    tls = yaml.safe_load(files["/etc/airflow-salt/pillar/airflow/secrets/tls.sls"])["airflow"]["secrets"]
+    assert tls == {"lb_tls_cert": moved["cert_pem"], "lb_tls_key": moved["key_pem"]}
+    ca = yaml.safe_load(files["/etc/airflow-salt/pillar/airflow/ca.sls"])
+    assert ca == {"airflow": {"tls": {"ca_cert": t["ca_pem"]}}}
 
 
 def test_resolv_conf_skips_loopback(monkeypatch):

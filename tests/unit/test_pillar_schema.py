@@ -120,7 +120,7 @@ def test_concurrency_must_be_a_positive_integer():
 
 
 @pytest.mark.parametrize("path", ["api_server:port", "flower:port", "database:port", "broker:port",
-                                  "lb:port", "lb:stats_port"])
+                                  "lb:port", "lb:http_port", "lb:stats_port"])
 def test_ports(path):
     for bad in (0, 65536, -1, "8080", None):
         assert _errors(path, bad) == [f"airflow:{path} must be a port (an integer 1-65535), not {S.show(bad)}"]
@@ -193,6 +193,8 @@ def test_strings_and_paths():
     assert _errors("version", "") == ["airflow:version must be a non-empty string, not ''"]
     assert _errors("database:host", "") == []  # empty: the mine fills it in
     assert _errors("database:host", 5) == ["airflow:database:host must be a string, not 5"]
+    assert _errors("tls:ca_cert", "") == []  # empty: the system trust store
+    assert _errors("tls:ca_cert", None) == ["airflow:tls:ca_cert must be a string, not null"]
     assert _errors("home", "opt/airflow") == ["airflow:home must be an absolute path, not 'opt/airflow'"]
     assert _errors("lb:admin_socket", None) == ["airflow:lb:admin_socket must be an absolute path, not null"]
 

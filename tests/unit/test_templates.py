@@ -1,6 +1,7 @@
 """Plain-Jinja2 rendering of the formula's file templates (no Salt needed)."""
 import configparser
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,11 +68,18 @@ def test_airflow_cfg_escapes_percent(env):
     assert parser["core"]["executor"] == "CeleryExecutor"
 
 
+HAPROXY_CONTEXT = dict(backends=[["master1", "10.77.0.11"], ["master2", "10.77.0.12"]], api_port=8080,
+                       lb_port=443, http_port=80, tls_pem="/etc/haproxy/airflow.pem", stats_port=1936,
+                       stats_user="admin", stats_password="pw", admin_socket="/run/haproxy/admin.sock",
+                       backend="airflow_api")
+
+
+def _frontend(text):
+    return text.split("frontend airflow_api_in", 1)[1].split("\nbackend ", 1)[0]
+
+
 def test_haproxy_cfg(env):
-    text = env.get_template("airflow/files/haproxy.cfg.jinja").render(
-        backends=[["master1", "10.77.0.11"], ["master2", "10.77.0.12"]], api_port=8080, lb_port=8080,
-        stats_port=1936, stats_user="admin", stats_password="pw",
-        admin_socket="/run/haproxy/admin.sock", backend="airflow_api")
+    text = env.get_template("airflow/files/haproxy.cfg.jinja").render(**HAPROXY_CONTEXT)
     assert "server master1 10.77.0.11:8080 check" in text
     assert "server master2 10.77.0.12:8080 check" in text
     backend = text.split("backend airflow_api", 1)[1].split("listen stats", 1)[0]
@@ -85,10 +93,64 @@ def test_haproxy_cfg(env):
 
 def test_haproxy_cfg_socket_and_backend_names_from_context(env):
     text = env.get_template("airflow/files/haproxy.cfg.jinja").render(
-        backends=[["master1", "10.77.0.11"]], api_port=8080, lb_port=8080, stats_port=1936,
-        stats_user="admin", stats_password="pw", admin_socket="/run/hap/api.sock", backend="af")
+        **dict(HAPROXY_CONTEXT, backends=[["master1", "10.77.0.11"]], admin_socket="/run/hap/api.sock",
+               backend="af"))
     assert "stats socket /run/hap/api.sock mode 660 level admin" in text
     assert "default_backend af\n" in text and "backend af\n" in text
+
+
+def test_haproxy_cfg_https_frontend_and_redirect(env):
+    text = env.get_template("airflow/files/haproxy.cfg.jinja").render(**HAPROXY_CONTEXT)
+    front = _frontend(text).splitlines()
+    assert "    bind :443 ssl crt /etc/haproxy/airflow.pem alpn h2,http/1.1" in front
+    assert "    bind :80" in front  # plain HTTP: nothing but the redirect
+    assert "    http-request redirect scheme https code 301 unless { ssl_fc }" in front
+    assert "    http-request set-header X-Forwarded-Proto https if { ssl_fc }" in front
+    assert front.index("    http-request redirect scheme https code 301 unless { ssl_fc }") < \
+        front.index("    default_backend airflow_api")
+    glob = text.split("defaults", 1)[0]
+    assert "ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets" in glob
+    assert "ssl-default-bind-ciphers ECDHE-" in glob and "ssl-default-bind-ciphersuites TLS_AES_" in glob
+    # backends stay plain HTTP on the cluster network; the stats listener is unchanged
+    assert "server master1 10.77.0.11:8080 check\n" in text
+    assert "listen stats\n    bind :1936\n" in text
+    # another https port: the redirect names it (the Host header's port, if any, dropped)
+    other = _frontend(env.get_template("airflow/files/haproxy.cfg.jinja").render(
+        **dict(HAPROXY_CONTEXT, lb_port=8443, http_port=8080)))
+    assert "bind :8443 ssl crt /etc/haproxy/airflow.pem alpn h2,http/1.1" in other and "bind :8080\n" in other
+    assert "http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]:8443%[capture.req.uri] " \
+           "code 301 unless { ssl_fc }" in other
+
+
+def _self_signed(tmp_path):
+    """A throwaway certificate + key (one PEM file, as haproxy's crt wants it)."""
+    key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", "/CN=lb",
+                    "-addext", "subjectAltName=IP:10.77.0.30"], check=True, capture_output=True)
+    pem = tmp_path / "airflow.pem"
+    pem.write_text(crt.read_text() + key.read_text())
+    return pem
+
+
+@pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("openssl")),
+                    reason="needs haproxy and openssl (tools/host-deps.sh installs haproxy)")
+@pytest.mark.parametrize("ports", [(443, 80), (8443, 8080)])
+def test_haproxy_cfg_passes_haproxy_check(env, tmp_path, ports):
+    """The rendered config (with a real certificate) passes `haproxy -c`, the state's check_cmd."""
+    import grp
+    import pwd
+    try:
+        pwd.getpwnam("haproxy"), grp.getgrnam("haproxy")
+    except KeyError:
+        pytest.skip("no haproxy user/group on this host")
+    text = env.get_template("airflow/files/haproxy.cfg.jinja").render(
+        **dict(HAPROXY_CONTEXT, lb_port=ports[0], http_port=ports[1], tls_pem=str(_self_signed(tmp_path)),
+               admin_socket=str(tmp_path / "admin.sock")))
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(text)
+    p = subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_scheduler_guard_template_compiles(env):
