@@ -295,11 +295,12 @@ class Store:
         return rec
 
     def audit(self, action, minion=None, daemon=None, reason=None, outcome=None, attempt=False,
-              strict=False, durable=False, **extra):
+              strict=False, durable=False, count_attempt=True, **extra):
         """
-        Append one audit record (and log it); returns the record. ``attempt``: also count a
-        remediation attempt of (minion, daemon) for flap damping (``attempts/``, apart from the
-        log). ``strict``: an attempt or a line that cannot be written raises OSError (the
+        Append one audit record (and log it); returns the record. ``attempt``: the record is a
+        remediation attempt of (minion, daemon), also counted for flap damping (``attempts/``,
+        apart from the log) unless ``count_attempt`` is False (counted when its intent was
+        recorded). ``strict``: an attempt or a line that cannot be written raises OSError (the
         caller must not act, see ``Context.act``); otherwise it is logged and dropped.
         """
         now = self.clock.now()
@@ -314,6 +315,7 @@ class Store:
         }
         if attempt:
             rec["attempt"] = True
+        if attempt and count_attempt:
             try:  # damping reads this store, not the audit log
                 self.record_attempt(minion, daemon, now)
             except (OSError, ValueError) as exc:
