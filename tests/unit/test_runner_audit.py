@@ -221,3 +221,39 @@ def test_intent_records_are_durable_and_read_back(env, monkeypatch):
     log = env.rn.audit_log(2)
     assert [r["action"] for r in log] == ["intent", "kill-restart"]
     assert log[0]["id"] == log[1]["id"] and json.dumps(log)
+
+
+def test_a_flood_across_rotations_resets_neither_damping_nor_failover_damping(env):
+    """5,000+ ignored / blocked / rate-limited records, the log rotating many times meanwhile:
+    the next remediation is still damped, the next automatic failover still failover-damped."""
+    env.rn.__opts__["airflow_healing"].update(audit_max_bytes=8192, audit_keep=2)
+    state = {"restarted": False}
+
+    def handler(minion, fun, args):  # hung again after every restart (three attempts)
+        if fun == "airflow_health.probe":
+            healthy, state["restarted"] = state["restarted"], False
+            return {"status": "ok" if healthy else "hung"}
+        if fun == "airflow_health.restart":
+            state["restarted"] = True
+        return True
+
+    env.ops.handler = handler
+    for _ in range(3):
+        assert env.rn.remediate("worker1", "worker")["result"] == "recovered"
+    ctx = env.ctx()
+    for _ in range(3):
+        ctx.store.record_attempt("cluster", "failover")
+    for i in range(5100):
+        action = ("ignored", "blocked", "rate-limited")[i % 3]
+        ctx.audit(action, f"worker{i % 40}", "worker", f"flood {i}", action)
+    files = sorted(p.name for p in env.tmp.iterdir() if p.name.startswith("audit.jsonl"))
+    assert files == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]     # rotated, bounded
+    assert not any(r.get("attempt") or r["action"] == "intent" for r in env.rn.audit_log(1000))
+    env.ops.calls.clear()
+    assert env.rn.remediate("worker1", "worker")["result"] == "damped"
+    assert "airflow_health.restart" not in env.ops.funs()
+    env.ops.alive.discard("master1")
+    env.ops.handler = _scheduler_handler(STALE)
+    res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
+    assert res == {"result": "failover-damped", "failovers": 3}
+    assert "airflow_health.start" not in env.ops.funs()
