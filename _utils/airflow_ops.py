@@ -133,6 +133,15 @@ def salt_ops(opts, conf):
     return SaltOps(opts, conf)
 
 
+class NotRecorded(Exception):
+    """The intent of an action could not be audited: the action was not taken."""
+
+    def __init__(self, action, minion, daemon, error):
+        super().__init__(f"{action} {minion}/{daemon} not recorded: {error}")
+        self.result = {"result": "not-recorded", "action": action, "minion": minion,
+                       "daemon": daemon, "error": str(error)}
+
+
 class Context:
     """Everything a healing concern needs, handed in (see the module docstring)."""
 
@@ -149,7 +158,7 @@ class Context:
         return self.store.audit(action, minion, daemon, reason, outcome, **extra)
 
     #: what ``act`` raises when an intent cannot be recorded (the runner catches it)
-    NotRecorded = None  # set below the class: NotRecorded
+    NotRecorded = NotRecorded
 
     def act(self, action, minion=None, daemon=None, reason=None, attempt=False, **extra):
         """
@@ -266,18 +275,6 @@ class Context:
             sched = (pil.get("airflow") or {}).get("scheduler") or {}
         return self.core.scheduler_placement(runtime, sched, masters, self.conf["default_mode"],
                                              self.table)
-
-
-class NotRecorded(Exception):
-    """The intent of an action could not be audited: the action was not taken."""
-
-    def __init__(self, action, minion, daemon, error):
-        super().__init__(f"{action} {minion}/{daemon} not recorded: {error}")
-        self.result = {"result": "not-recorded", "action": action, "minion": minion,
-                       "daemon": daemon, "error": str(error)}
-
-
-Context.NotRecorded = NotRecorded
 
 
 class Action:

@@ -222,7 +222,10 @@ def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
         return {"result": "refused", "fence": fence, "heartbeat": heartbeat}
     # persist (later highstates keep it), then start it right away
     ctx.store.write_runtime_pillar(core.runtime_pillar_text(ctx.table, new))
-    ctx.store.record_attempt("cluster", "failover")
+    try:
+        ctx.store.record_attempt("cluster", "failover")
+    except OSError as exc:  # the old one is fenced already: start the new one all the same
+        ctx.audit_unwritable("attempt", "failover", "cluster", "failover", exc)
     ops.one(new, "airflow_health.start", ["scheduler"], kwarg={"enable": True}, timeout=90)
     ops.cmd_async(others, "saltutil.refresh_pillar")
     outcome = _verify(ctx, new, core.node_names(new, cache.get(new)))

@@ -257,3 +257,19 @@ def test_a_flood_across_rotations_resets_neither_damping_nor_failover_damping(en
     res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
     assert res == {"result": "failover-damped", "failovers": 3}
     assert "airflow_health.start" not in env.ops.funs()
+
+
+def test_a_failover_whose_count_cannot_be_written_after_the_fence_still_starts(env, monkeypatch):
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    env.ops.alive.discard("master1")
+    started = []
+    env.ops.handler = _scheduler_handler(
+        lambda m: {"status": "ok", "fresh": ["master2"]} if started else STALE,
+        extra=lambda m, f, a: started.append(m) or True if f == "airflow_health.start" else True)
+    monkeypatch.setattr(STORE.Store, "record_attempt", full)
+    res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
+    assert res["result"] == "ok" and started == ["master2"]
+    (alert,) = [data for tag, data in env.ops.fired if tag == ALERT]
+    assert (alert["phase"], alert["action"], alert["taken"]) == ("attempt", "failover", True)
