@@ -79,15 +79,17 @@ def _tail_lines(path, count):
     except FileNotFoundError:
         return []
     with fh:
-        end = fh.seek(0, os.SEEK_END)
-        pos, data = end, b""
+        pos = fh.seek(0, os.SEEK_END)
+        chunks, newlines = [], 0
         # one newline more than lines wanted (the first one may be cut), or the whole file
-        while pos > 0 and data.count(b"\n") <= count:
+        while pos > 0 and newlines <= count:
             step = min(_TAIL_BLOCK, pos)
             pos -= step
             fh.seek(pos)
-            data = fh.read(step) + data
-    lines = data.split(b"\n")
+            chunk = fh.read(step)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+    lines = b"".join(reversed(chunks)).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()  # the newline that ends the last line
     if pos > 0:
