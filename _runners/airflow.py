@@ -50,6 +50,25 @@ def _util(name):
         ) from None
 
 
+def _concern(name):
+    """
+    A concern function of ``_utils/`` (the Context first) that may act. An action whose intent
+    cannot be audited is not taken (``Context.act`` raises NotRecorded, after firing
+    ``airflow/alert/audit/unwritable``): the call then returns ``{"result": "not-recorded",
+    "action", "minion", "daemon", "error"}`` instead. The concerns handed to the periodic
+    reconcile are not wrapped: the first unrecordable action ends the whole pass.
+    """
+    fun = _util(name)
+
+    def call(ctx, *args, **kwargs):
+        try:
+            return fun(ctx, *args, **kwargs)
+        except ctx.NotRecorded as exc:
+            return exc.result
+
+    return call
+
+
 def _context():
     # resolved here, in the runner's loader context: code running inside a utility module
     # cannot look anything up in __utils__
@@ -147,10 +166,10 @@ def remediate(minion, daemon, tag_minion=None, status=None, tag=None):
         return gate
     route = ctx.core.remediation_route(ctx.table, daemon)
     if route == "scheduler":
-        return _util("airflow_scheduler.remediate")(ctx, minion, cache, claimed=status)
+        return _concern("airflow_scheduler.remediate")(ctx, minion, cache, claimed=status)
     if route == "lb":
-        return _util("airflow_lb.reconcile")(ctx, reason=f"{daemon} event from {minion}")
-    return _util("airflow_heal.remediate_service")(ctx, minion, daemon, claimed=status)
+        return _concern("airflow_lb.reconcile")(ctx, reason=f"{daemon} event from {minion}")
+    return _concern("airflow_heal.remediate_service")(ctx, minion, daemon, claimed=status)
 
 
 def ignored(minion="?", reason="malformed event"):
@@ -190,10 +209,10 @@ def minion_started(minion):
     if gate:
         return gate
     result = {"result": "ok"}
-    fence = _util("airflow_scheduler.fence_returning")(ctx, minion, cache)
+    fence = _concern("airflow_scheduler.fence_returning")(ctx, minion, cache)
     if fence:
         result["fence"] = fence
-    result["lb"] = _util("airflow_lb.reconcile")(ctx, reason=f"master {minion} started")
+    result["lb"] = _concern("airflow_lb.reconcile")(ctx, reason=f"master {minion} started")
     return result
 
 
@@ -216,7 +235,7 @@ def key_deleted(minion):
     if gate:
         return gate
     return {"result": "ok",
-            "lb": _util("airflow_lb.reconcile")(ctx, reason=f"key of {minion} deleted")}
+            "lb": _concern("airflow_lb.reconcile")(ctx, reason=f"key of {minion} deleted")}
 
 
 def presence_changed(new=None, lost=None):
@@ -245,15 +264,15 @@ def presence_changed(new=None, lost=None):
     mode, active = ctx.placement(cache)
     # a master that reconnects (e.g. a healed partition: no minion start event) while another
     # one is active gets its scheduler fenced
-    fenced = {m: _util("airflow_scheduler.fence_returning")(ctx, m, cache)
+    fenced = {m: _concern("airflow_scheduler.fence_returning")(ctx, m, cache)
               for m in new if m in masters and ctx.core.must_fence_returning(mode, active, m)}
     if fenced:
         result["fence"] = fenced
     # presence is TCP based: confirm the node is really gone before moving anything
     if core.presence_failover(mode, active, lost) and not ctx.ops.present([active]):
-        result["failover"] = _util("airflow_scheduler.failover")(
+        result["failover"] = _concern("airflow_scheduler.failover")(
             ctx, reason=f"{active} lost (presence)", failed=active, failed_reachable=False)
-    result["lb"] = _util("airflow_lb.reconcile")(
+    result["lb"] = _concern("airflow_lb.reconcile")(
         ctx, reason=f"presence new={new} lost={lost}")
     return result
 
@@ -277,7 +296,7 @@ def reconcile():
                         ctx.conf["require_deploy"])
     if why:
         return {"result": "skipped", "reason": why}
-    return _util("airflow_reconcile.reconcile")(
+    return _concern("airflow_reconcile.reconcile")(
         ctx,
         heal={"remediate_service": _util("airflow_heal.remediate_service")},
         scheduler={"remediate": _util("airflow_scheduler.remediate"),
@@ -328,7 +347,7 @@ def failover_scheduler(reason="manual", failed=None, failed_reachable=None):
 
         salt-run airflow.failover_scheduler reason='planned maintenance of master1'
     """
-    return _util("airflow_scheduler.failover")(_context(), reason=reason, failed=failed,
+    return _concern("airflow_scheduler.failover")(_context(), reason=reason, failed=failed,
                                                    failed_reachable=failed_reachable)
 
 
@@ -345,7 +364,7 @@ def reconcile_lb(reason="manual", quiet=None):
 
         salt-run airflow.reconcile_lb
     """
-    return _util("airflow_lb.reconcile")(_context(), reason=reason, quiet=quiet)
+    return _concern("airflow_lb.reconcile")(_context(), reason=reason, quiet=quiet)
 
 
 def drain_api_server(server, timeout=None):
@@ -359,7 +378,7 @@ def drain_api_server(server, timeout=None):
 
         salt-run airflow.drain_api_server master2
     """
-    return _util("airflow_lb.drain")(_context(), server, timeout=timeout)
+    return _concern("airflow_lb.drain")(_context(), server, timeout=timeout)
 
 
 def undrain_api_server(server):
@@ -372,7 +391,7 @@ def undrain_api_server(server):
 
         salt-run airflow.undrain_api_server master2
     """
-    return _util("airflow_lb.undrain")(_context(), server)
+    return _concern("airflow_lb.undrain")(_context(), server)
 
 
 def maintenance(action="status"):

@@ -45,9 +45,15 @@ RUNNER_DEFAULTS = {
     "failover_max_attempts": 3,
     "failover_window": 3600,
     "default_mode": "active-standby",
+    "audit_max_bytes": 10 * 1024 * 1024,  # audit.jsonl is rotated past this size ...
+    "audit_keep": 5,                      # ... into audit.jsonl.1 .. .<audit_keep>
 }
 _BOOLEAN_KEYS = ("dry_run", "require_deploy")
-_INTEGER_KEYS = ("max_attempts", "failover_max_attempts", "rate_limit_events")
+_INTEGER_KEYS = ("max_attempts", "failover_max_attempts", "rate_limit_events", "audit_max_bytes",
+                 "audit_keep")
+#: Lower bounds beyond "not negative": a rotated audit keeps at least one old file, and a file
+#: holds more than a few records before it is rotated.
+_MINIMUMS = {"audit_keep": 1, "audit_max_bytes": 4096}
 _NUMBER_KEYS = ("window", "failover_window", "scheduler_start_timeout", "ping_timeout",
                 "probe_timeout", "worker_verify_timeout", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
                 "drain_timeout", "rate_limit_window")
@@ -127,6 +133,9 @@ def settings(opts):
         conf[key] = _parse_number(conf[key], key, int)
     for key in _NUMBER_KEYS:
         conf[key] = _parse_number(conf[key], key, float)
+    for key, least in _MINIMUMS.items():
+        if conf[key] < least:
+            raise ValueError(f"airflow_healing:{key} must be at least {least}, not {conf[key]!r}")
     if conf["default_mode"] not in SCHEDULER_MODES:
         raise ValueError(f"airflow_healing:default_mode must be one of {SCHEDULER_MODES}")
     if not conf.get("runtime_pillar"):

@@ -4,7 +4,8 @@ Health events and service remediation (Salt utility module ``airflow_heal``, mas
 ``check_request`` turns the raw values the reactor hands on (the event's minion id,
 event tag, claimed daemon and status) into a validated request or an audited ``ignored``.
 ``remediate_service`` re-probes a daemon on its node, decides (``airflow_decide``), and
-restarts it (SIGKILL first for a hung worker), damped and audited, unless one of its
+restarts it (SIGKILL first for a hung worker), damped and audited (its intent recorded
+first, ``Context.act``), unless one of its
 dependencies (the metastore, the broker) is down: that is audited as ``blocked`` and costs
 no attempt (``Context.blocked_by``). The scheduler and the
 api-server have their own concerns (``airflow_scheduler``, ``airflow_lb``).
@@ -83,6 +84,7 @@ def remediate_service(ctx, minion, daemon, claimed=None):
                       **extra)
             return {"result": "dry-run", "action": action}
         start = clock.now()
+        op = ctx.act(action, minion, daemon, f"status {status}", attempt=True, **extra)
         # reset-failed first (a unit in start-limit state refuses to start), SIGKILL first
         # for a hung daemon (it ignores SIGTERM)
         ctx.ops.one(minion, "airflow_health.restart", [daemon],
@@ -94,7 +96,6 @@ def remediate_service(ctx, minion, daemon, claimed=None):
                 outcome = "recovered"
                 break
             clock.sleep(1)
-        ctx.audit(action, minion, daemon, f"status {status}", outcome, attempt=True,
-                  seconds=round(clock.now() - start, 1), **extra)
+        op.done(outcome, seconds=round(clock.now() - start, 1), **extra)
         ctx.ops.fire(f"airflow/healing/{minion}/{daemon}", {"action": action, "outcome": outcome})
         return {"result": outcome, "action": action}

@@ -37,14 +37,27 @@ def _api_health(ctx, masters, present):
     return ctx.lb_view(masters)
 
 
-def _set_runtime_states(ctx, lbs, health, drained, actions):
-    """The fast path: admin socket commands, no reload. Records what it did in ``actions``."""
+def _set_runtime_states(ctx, lbs, health, drained, actions, recorded=False):
+    """
+    The fast path: admin socket commands, no reload. Records what it did in ``actions``.
+    ``recorded``: part of an action whose intent is recorded (reconcile_lb); otherwise each
+    lb's commands are an action of their own (``haproxy-set``: intent first).
+    """
     for lb in lbs:
         backends = ctx.ops.one(lb, "airflow_health.haproxy_backends")
-        for server, state in ctx.core.lb_runtime_actions(ctx.table, backends, health, drained):
+        commands = ctx.core.lb_runtime_actions(ctx.table, backends, health, drained)
+        if not commands:
+            continue
+        op = None if recorded else ctx.act("haproxy-set", lb, "haproxy", "api-server health",
+                                           commands=commands)
+        done = []
+        for server, state in commands:
             res = ctx.ops.one(lb, "airflow_health.haproxy_set_server", [server, state])
             ok = bool(isinstance(res, dict) and res.get("result"))
-            actions.setdefault(lb, []).append((server, state, ok))
+            done.append((server, state, ok))
+        actions.setdefault(lb, []).extend(done)
+        if op:
+            op.done("ok" if all(ok for _, _, ok in done) else "partial", runtime=done)
 
 
 def _stamps(ctx):
@@ -120,17 +133,17 @@ def _run(ctx, reason, start):
     health = _api_health(ctx, masters, present)
     drained = store.drained()
     actions = {}
-    _set_runtime_states(ctx, lbs, health, drained, actions)
+    op = ctx.act("reconcile_lb", None, "api-server", reason)
+    _set_runtime_states(ctx, lbs, health, drained, actions, recorded=True)
     # slow path: backends from the mine (new/removed masters); a reload keeps connections
     if present:
         ops.cmd(present, "mine.update", tgt_type="list", timeout=conf["ping_timeout"] + 5)
     # queue: wait for a state run already going on the lb node instead of failing
     applied = ops.cmd(lbs, "state.apply", ["airflow.lb"], tgt_type="list",
                       timeout=conf["lb_apply_timeout"], kwarg={"queue": True}) if lbs else {}
-    _set_runtime_states(ctx, lbs, health, drained, actions)  # a reload resets them
+    _set_runtime_states(ctx, lbs, health, drained, actions, recorded=True)  # a reload resets them
     outcome = "ok" if ctx.core.lb_apply_ok(applied, lbs) else "partial"
-    ctx.audit("reconcile_lb", None, "api-server", reason, outcome, health=health,
-              runtime=actions, seconds=round(clock.now() - start, 1))
+    op.done(outcome, health=health, runtime=actions, seconds=round(clock.now() - start, 1))
     return {"result": outcome, "health": health, "runtime": actions}
 
 
@@ -141,6 +154,7 @@ def drain(ctx, server, timeout=None):
     ops, clock, store = ctx.ops, ctx.clock, ctx.store
     timeout = float(timeout or ctx.conf["drain_timeout"])
     lbs = ctx.minions_running("haproxy")
+    op = ctx.act("drain", server, "api-server", "planned removal")
     store.set_drained(store.drained() | {server})
     start = clock.now()
     for lb in lbs:
@@ -155,8 +169,7 @@ def drain(ctx, server, timeout=None):
         clock.sleep(0.5)
     for lb in lbs:
         ops.one(lb, "airflow_health.haproxy_set_server", [server, "maint"])
-    ctx.audit("drain", server, "api-server", "planned removal", outcome,
-              seconds=round(clock.now() - start, 1))
+    op.done(outcome, seconds=round(clock.now() - start, 1))
     return {"result": outcome, "server": server}
 
 
@@ -164,10 +177,11 @@ def undrain(ctx, server):
     """Put a drained api-server back into service (ready)."""
     if not ctx.table.valid_minion_id(server):
         return {"result": "error", "reason": "invalid server name"}
+    op = ctx.act("undrain", server, "api-server", "back in service")
     ctx.store.set_drained(ctx.store.drained() - {server})
     for lb in ctx.minions_running("haproxy"):
         ctx.ops.one(lb, "airflow_health.haproxy_set_server", [server, "ready"])
-    ctx.audit("undrain", server, "api-server", "back in service", "ready")
+    op.done("ready")
     return {"result": "ready", "server": server}
 
 

@@ -16,6 +16,7 @@ handed in, never imported, so each module is testable alone.
 
 import logging
 import time
+import uuid
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,15 @@ def salt_ops(opts, conf):
     return SaltOps(opts, conf)
 
 
+class NotRecorded(Exception):
+    """The intent of an action could not be audited: the action was not taken."""
+
+    def __init__(self, action, minion, daemon, error):
+        super().__init__(f"{action} {minion}/{daemon} not recorded: {error}")
+        self.result = {"result": "not-recorded", "action": action, "minion": minion,
+                       "daemon": daemon, "error": str(error)}
+
+
 class Context:
     """Everything a healing concern needs, handed in (see the module docstring)."""
 
@@ -144,7 +154,49 @@ class Context:
         self.core = core
 
     def audit(self, action, minion=None, daemon=None, reason=None, outcome=None, **extra):
+        """A record that is not an action (ignored, blocked, skipped ...): best effort."""
         return self.store.audit(action, minion, daemon, reason, outcome, **extra)
+
+    #: what ``act`` raises when an intent cannot be recorded (the runner catches it)
+    NotRecorded = NotRecorded
+
+    def act(self, action, minion=None, daemon=None, reason=None, attempt=False, **extra):
+        """
+        The one way to take an action (restart, start, stop, fence, failover, haproxy server
+        state, haproxy reload, drain): call it BEFORE acting. It writes the intent (one fsynced
+        audit line: action ``intent``, ``intent: <action>``, outcome ``pending``, a new ``id``)
+        and, with ``attempt``, then counts the damping attempt of (minion, daemon). Returns an
+        ``Action``: ``done(outcome, ...)`` writes the outcome record with the same ``id``.
+
+        When either cannot be written (disk full, read-only, permissions) the action is not
+        to be taken: fires ``airflow/alert/audit/unwritable`` and raises ``NotRecorded``,
+        which the runner turns into the verb's result ``{"result": "not-recorded", ...}``.
+        """
+        op_id = uuid.uuid4().hex[:16]
+        written = False
+        try:
+            self.store.audit("intent", minion, daemon, reason, "pending", strict=True,
+                             durable=True, intent=action, id=op_id, **extra)
+            written = True
+            if attempt:
+                self.store.record_attempt(minion, daemon)
+        except OSError as exc:
+            self.audit_unwritable("intent", action, minion, daemon, exc)
+            if written:  # the intent is there: say that it was not acted on (best effort)
+                self.audit(action, minion, daemon, reason, "not-recorded", id=op_id,
+                           error=str(exc))
+            raise NotRecorded(action, minion, daemon, exc) from exc
+        return Action(self, op_id, action, minion, daemon, reason, attempt)
+
+    def audit_unwritable(self, phase, action, minion, daemon, exc):
+        """Log and announce an audit record that could not be written (no secrets in it)."""
+        log.error("airflow healing: cannot audit the %s of %s %s/%s: %s%s", phase, action,
+                  minion, daemon, exc, ": not taken" if phase == "intent" else "")
+        if self.ops is not None:
+            self.ops.fire("airflow/alert/audit/unwritable",
+                          {"phase": phase, "action": action, "minion": minion,
+                           "daemon": daemon, "error": str(exc),
+                           "taken": phase != "intent"})
 
     def role_of(self, daemon):
         return self.table.role_of(daemon)
@@ -168,7 +220,12 @@ class Context:
         def change(old):
             return claims, self.core.new_claims(claims, old)
 
-        for minion, roles in sorted(self.store.update_json(("roles", "claims"), change).items()):
+        try:
+            fresh = self.store.update_json(("roles", "claims"), change)
+        except OSError as exc:  # an unwritable state dir is alerted by the audit path itself
+            log.error("airflow healing: cannot record role claims %s: %s", claims, exc)
+            return claims
+        for minion, roles in sorted(fresh.items()):
             self.audit("refused", minion, None,
                        f"roles grain claims {', '.join(roles)}: not granted by the role record",
                        "refused", roles=roles)
@@ -306,6 +363,29 @@ class Context:
             sched = (pil.get("airflow") or {}).get("scheduler") or {}
         return self.core.scheduler_placement(runtime, sched, masters, self.conf["default_mode"],
                                              self.table)
+
+
+class Action:
+    """An action whose intent is recorded (``Context.act``); ``done`` records its outcome."""
+
+    def __init__(self, ctx, op_id, action, minion, daemon, reason, attempt):
+        self.ctx, self.id = ctx, op_id
+        self.action, self.minion, self.daemon, self.reason = action, minion, daemon, reason
+        self.attempt = attempt
+
+    def done(self, outcome, reason=None, **extra):
+        """
+        The outcome record (the intent's action, minion, daemon, reason and id; ``attempt``
+        marked, not counted again). The action was taken: a failed write only alerts.
+        """
+        try:
+            return self.ctx.store.audit(self.action, self.minion, self.daemon,
+                                        self.reason if reason is None else reason, outcome,
+                                        attempt=self.attempt, count_attempt=False,
+                                        strict=True, id=self.id, **extra)
+        except OSError as exc:
+            self.ctx.audit_unwritable("outcome", self.action, self.minion, self.daemon, exc)
+            return None
 
 
 def context(conf, clock, store, ops, table, core):

@@ -47,12 +47,20 @@ def _heartbeat(ctx, via, subject=None):
     return hb if isinstance(hb, dict) else None
 
 
-def _fence(ctx, minion, reachable):
-    """Stop and disable the scheduler unit of ``minion``: fenced | failed | unreachable."""
+def _fence(ctx, minion, reachable, reason=None):
+    """
+    Stop and disable the scheduler unit of ``minion``: fenced | failed | unreachable. With
+    ``reason`` it is an action of its own (intent recorded first, then the ``fence`` record);
+    without, a step of a failover whose intent is recorded.
+    """
     if not (minion and reachable):
         return ctx.core.fencing_outcome(None)
-    return ctx.core.fencing_outcome(ctx.ops.one(
+    op = ctx.act("fence", minion, "scheduler", reason) if reason else None
+    outcome = ctx.core.fencing_outcome(ctx.ops.one(
         minion, "airflow_health.stop", ["scheduler"], kwarg={"disable": True}, timeout=90))
+    if op:
+        op.done(outcome)
+    return outcome
 
 
 def fence_split(ctx, heartbeat, grains_cache, mode, active, why):
@@ -64,9 +72,8 @@ def fence_split(ctx, heartbeat, grains_cache, mode, active, why):
     names = {m: ctx.core.node_names(m, grains_cache.get(m)) for m in masters}
     fenced = {}
     for minion in ctx.core.split_targets(mode, active, heartbeat, names):
-        fenced[minion] = _fence(ctx, minion, True)
-        ctx.audit("fence", minion, "scheduler", f"{why}: a second scheduler heartbeats, "
-                  f"active is {active}", fenced[minion])
+        fenced[minion] = _fence(ctx, minion, True, f"{why}: a second scheduler heartbeats, "
+                                                    f"active is {active}")
         ctx.ops.fire(f"airflow/healing/scheduler/fence", {"minion": minion, "active": active,
                                                           "outcome": fenced[minion]})
     return fenced
@@ -122,12 +129,12 @@ def _remediate_locked(ctx, reporter, grains_cache, claimed):
             ctx.audit("restart", active, "scheduler", "no heartbeat", "dry-run",
                       attempt=True, **extra)
             return {"result": "dry-run"}
+        op = ctx.act("restart", active, "scheduler",
+                     f"no heartbeat ({hb_status}), unit {unit_status}", attempt=True, **extra)
         # enable too: the active master's scheduler may have been fenced before
         ctx.ops.one(active, "airflow_health.restart", ["scheduler"], kwarg={"enable": True},
                     timeout=90)
-        ctx.audit("restart", active, "scheduler",
-                  f"no heartbeat ({hb_status}), unit {unit_status}", "restarted",
-                  attempt=True, **extra)
+        op.done("restarted", **extra)
         return {"result": "restarted"}
     if action == "failover-damped":
         ctx.damped(active, "scheduler")  # restarted too often on the same node: move it
@@ -222,22 +229,24 @@ def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
     if ctx.conf["dry_run"]:
         ctx.audit("failover", failed, "scheduler", reason, "dry-run", new=new)
         return {"result": "dry-run", "new": new}
+    op = ctx.act("failover", failed, "scheduler", reason, new=new)  # before the fence
     fence = _fence(ctx, failed, failed_reachable)
     verdict, heartbeat = _wait_until_safe(ctx, fence, new, old_names)
     if verdict != "start":
-        ctx.audit("failover", failed, "scheduler", reason, "refused-two-schedulers",
-                  fence=fence, new=new)
+        op.done("refused-two-schedulers", fence=fence, new=new)
         ops.fire("airflow/alert/scheduler/fence-failed", {"old": failed, "new": new})
         return {"result": "refused", "fence": fence, "heartbeat": heartbeat}
     # persist (later highstates keep it), then start it right away
     ctx.store.write_runtime_pillar(core.runtime_pillar_text(ctx.table, new))
-    ctx.store.record_attempt("cluster", "failover")
+    try:
+        ctx.store.record_attempt("cluster", "failover")
+    except OSError as exc:  # the old one is fenced already: start the new one all the same
+        ctx.audit_unwritable("attempt", "failover", "cluster", "failover", exc)
     ops.one(new, "airflow_health.start", ["scheduler"], kwarg={"enable": True}, timeout=90)
     ops.cmd_async(others, "saltutil.refresh_pillar")
     outcome = _verify(ctx, new, core.node_names(new, cache.get(new)))
     took = round(clock.now() - start, 1)
-    ctx.audit("failover", failed, "scheduler", reason, outcome, new=new, fence=fence,
-              seconds=took)
+    op.done(outcome, new=new, fence=fence, seconds=took)
     ops.fire("airflow/healing/scheduler/failover",
              {"old": failed, "new": new, "fence": fence, "outcome": outcome})
     return {"result": outcome, "old": failed, "new": new, "fence": fence, "seconds": took}
@@ -254,9 +263,7 @@ def fence_returning(ctx, minion, grains_cache):
         mode, active = ctx.placement(grains_cache)  # re-read inside the lock
         if not ctx.core.must_fence_returning(mode, active, minion):
             return None
-        fence = _fence(ctx, minion, True)
-        ctx.audit("fence", minion, "scheduler", f"returning master, active is {active}", fence)
-        return fence
+        return _fence(ctx, minion, True, f"returning master, active is {active}")
 
 
 def fence(ctx, minion):
@@ -270,9 +277,7 @@ def fence(ctx, minion):
         mode, active = ctx.placement()
         if not ctx.core.must_fence_returning(mode, active, minion):
             return None
-        outcome = _fence(ctx, minion, True)
-        ctx.audit("fence", minion, "scheduler", f"standby master, active is {active}", outcome)
-        return outcome
+        return _fence(ctx, minion, True, f"standby master, active is {active}")
 
 
 def fence_split_now(ctx, via, grains_cache):

@@ -3,7 +3,12 @@ The healing runner's files under ``state_dir`` (Salt utility module ``airflow_st
 
 ``<state_dir>/`` (default /var/lib/airflow-salt):
 
-* ``audit.jsonl``     one JSON line per healing action (``salt-run airflow.audit_log``)
+* ``audit.jsonl``     one JSON line per record (``salt-run airflow.audit_log``): the intent of
+  an action before it is taken, its outcome after, and every refusal (ignored, blocked,
+  skipped, rate-limited, damped). Bounded: a line that would take it past ``audit_max_bytes``
+  first rotates it to ``audit.jsonl.1`` (``.1`` to ``.2`` ... up to ``.<audit_keep>``, the
+  oldest dropped), under the exclusive flock ``locks/audit.lock``; appends are one O_APPEND
+  write each under that lock, reads take it shared and read only the tail they need
 * ``maintenance``     flag: auto-remediation paused (``salt-run airflow.maintenance on``)
 * ``deployed``        flag: orch.deploy finished (``airflow.mark_deployed``)
 * ``locks/<name>.lock``  flock()s that keep two runner jobs off the same thing
@@ -42,6 +47,10 @@ __virtualname__ = "airflow_store"
 
 #: At most this many attempt timestamps are kept per (minion, daemon), whatever the windows.
 ATTEMPTS_MAX = 1000
+#: The audit log under state_dir; rotated to AUDIT_FILE.1 .. .<audit_keep>.
+AUDIT_FILE = "audit.jsonl"
+#: Bytes read per step when the audit log is read from its end.
+_TAIL_BLOCK = 64 * 1024
 
 
 def __virtual__():
@@ -58,6 +67,36 @@ def _attempt_key(minion, daemon):
     if not isinstance(minion, str) or not isinstance(daemon, str):
         raise ValueError(f"attempt of {minion!r}/{daemon!r}: minion and daemon must be names")
     return f"{minion}--{daemon}"
+
+
+def _tail_lines(path, count):
+    """
+    The last ``count`` lines of a file (text, without newlines), read from its end in blocks:
+    the cost follows ``count``, not the file's size. A missing file has none.
+    """
+    if count <= 0:
+        return []
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with fh:
+        pos = fh.seek(0, os.SEEK_END)
+        chunks, newlines = [], 0
+        # one newline more than lines wanted (the first one may be cut), or the whole file
+        while pos > 0 and newlines <= count:
+            step = min(_TAIL_BLOCK, pos)
+            pos -= step
+            fh.seek(pos)
+            chunk = fh.read(step)
+            chunks.append(chunk)
+            newlines += chunk.count(b"\n")
+    lines = b"".join(reversed(chunks)).split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()  # the newline that ends the last line
+    if pos > 0:
+        lines = lines[1:]  # the start of this one is before what was read
+    return [line.decode("utf-8", "replace") for line in lines[-count:]]
 
 
 def _iso(ts):
@@ -78,6 +117,8 @@ class Store:
                                  if (k == "window" or k.endswith("_window"))
                                  and isinstance(v, (int, float)) and not isinstance(v, bool)]
                                 or [0.0])
+        self.audit_max_bytes = int(conf["audit_max_bytes"])
+        self.audit_keep = int(conf["audit_keep"])
 
     def path(self, name):
         return os.path.join(self.state_dir, name)
@@ -187,9 +228,86 @@ class Store:
         return self.update_json(("attempts", _attempt_key(minion, daemon)), change)
 
     # ------------------------------------------------------------------ audit log
+    def audit_path(self, n=0):
+        """``audit.jsonl`` (``n`` 0, the one written to) or its rotated ``audit.jsonl.<n>``."""
+        return self.path(AUDIT_FILE if not n else f"{AUDIT_FILE}.{n}")
+
+    @contextlib.contextmanager
+    def _audit_lock(self, mode):
+        """
+        flock of ``locks/audit.lock``: LOCK_EX around an append (and the rotation before it),
+        LOCK_SH around a read, so a reader never sees a rotation half done. A reader that
+        cannot open the lock file (none yet, a read-only state_dir) reads without it.
+        """
+        path = os.path.join(self.path("locks"), "audit.lock")
+        if mode == fcntl.LOCK_EX:
+            self.ensure_dir()
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                fd = None
+            if fd is None:
+                yield False
+                return
+        try:
+            fcntl.flock(fd, mode)
+            yield True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _rotate(self):
+        """audit.jsonl -> .1 -> .2 ... -> .<audit_keep> (the oldest dropped); under LOCK_EX."""
+        for n in range(self.audit_keep - 1, 0, -1):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.audit_path(n), self.audit_path(n + 1))
+        os.replace(self.audit_path(), self.audit_path(1))
+
+    def append_audit(self, rec, durable=False):
+        """
+        Append one record as one line; raises OSError when it is not (all) written: disk
+        full, read-only, permissions. Under the exclusive audit lock: rotate first if the line
+        would take audit.jsonl past ``audit_max_bytes``, then one O_APPEND write (a short
+        write is cut off again, so no half line stays behind); ``durable``: fsync too (the
+        intent record of an action, written before the action is taken).
+        """
+        data = (json.dumps(rec, default=str) + "\n").encode("utf-8")
+        with self._audit_lock(fcntl.LOCK_EX):
+            try:
+                size = os.stat(self.audit_path()).st_size
+            except FileNotFoundError:
+                size = 0
+            if size and size + len(data) > self.audit_max_bytes:
+                self._rotate()
+            fd = os.open(self.audit_path(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                before = os.fstat(fd).st_size
+                try:
+                    written = os.write(fd, data)
+                    if written != len(data):
+                        raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} "
+                                                    "bytes)", self.audit_path())
+                    if durable:
+                        os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, before)
+                    raise
+            finally:
+                os.close(fd)
+        return rec
+
     def audit(self, action, minion=None, daemon=None, reason=None, outcome=None, attempt=False,
-              **extra):
-        """Append one audit record (and log it); returns the record."""
+              strict=False, durable=False, count_attempt=True, **extra):
+        """
+        Append one audit record (and log it); returns the record. ``attempt``: the record is a
+        remediation attempt of (minion, daemon), also counted for flap damping (``attempts/``,
+        apart from the log) unless ``count_attempt`` is False (counted when its intent was
+        recorded). ``strict``: an attempt or a line that cannot be written raises OSError (the
+        caller must not act, see ``Context.act``); otherwise it is logged and dropped.
+        """
         now = self.clock.now()
         rec = {
             "time": _iso(now),
@@ -202,31 +320,39 @@ class Store:
         }
         if attempt:
             rec["attempt"] = True
+        if attempt and count_attempt:
             try:  # damping reads this store, not the audit log
                 self.record_attempt(minion, daemon, now)
             except (OSError, ValueError) as exc:
+                if strict:
+                    raise
                 log.error("airflow healing: cannot record attempt of %s/%s: %s",
                           minion, daemon, exc)
         rec.update(extra)
-        line = json.dumps(rec, default=str)
         try:
-            self.ensure_dir()
-            with open(self.path("audit.jsonl"), "a", encoding="utf-8") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                fh.write(line + "\n")
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            self.append_audit(rec, durable=durable)
         except OSError as exc:
+            if strict:
+                raise
             log.error("airflow healing: cannot write audit log: %s", exc)
-        log.warning("airflow healing: %s", line)
+        log.warning("airflow healing: %s", json.dumps(rec, default=str))
         return rec
 
     def read_audit(self, limit=2000):
-        """The last ``limit`` audit records (unparsable lines skipped)."""
-        try:
-            with open(self.path("audit.jsonl"), encoding="utf-8") as fh:
-                lines = fh.readlines()[-int(limit):]
-        except OSError:
+        """
+        The last ``limit`` audit records, oldest first, read from the end of audit.jsonl and,
+        when it holds fewer, of the rotated files (newest first): never the whole history.
+        Unparsable lines are skipped.
+        """
+        limit = int(limit)
+        if limit <= 0:
             return []
+        lines = []
+        with self._audit_lock(fcntl.LOCK_SH):
+            for n in range(self.audit_keep + 1):
+                lines = _tail_lines(self.audit_path(n), limit - len(lines)) + lines
+                if len(lines) >= limit:
+                    break
         out = []
         for line in lines:
             try:

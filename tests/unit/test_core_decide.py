@@ -72,6 +72,17 @@ def test_settings_junk_numbers(key, value):
         D.settings({"airflow_healing": {key: value}})
 
 
+def test_settings_audit_rotation_knobs():
+    conf = D.settings({})
+    assert (conf["audit_max_bytes"], conf["audit_keep"]) == (10 * 1024 * 1024, 5)
+    conf = D.settings({"airflow_healing": {"audit_max_bytes": "65536", "audit_keep": 2}})
+    assert (conf["audit_max_bytes"], conf["audit_keep"]) == (65536, 2)
+    for key, value in (("audit_keep", 0), ("audit_keep", "many"), ("audit_max_bytes", 100),
+                       ("audit_max_bytes", True), ("audit_max_bytes", "10M")):
+        with pytest.raises(ValueError, match=f"airflow_healing:{key}"):
+            D.settings({"airflow_healing": {key: value}})
+
+
 def test_settings_shape_and_mode():
     with pytest.raises(ValueError, match="mapping"):
         D.settings({"airflow_healing": ["x"]})
