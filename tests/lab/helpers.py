@@ -10,6 +10,7 @@ haproxy backend and thresholds come from the one place they are defined (the dae
 from __future__ import annotations
 
 import configparser
+import contextlib
 import functools
 import importlib.util
 import json
@@ -523,3 +524,72 @@ def dag_run_state(api, dag, run_id):
         return r.json().get("state") if r is not None and r.status_code == 200 else None
     except ValueError:
         return None
+
+
+# ====================================================================== secrets on command lines
+ARGV_STOP_FILE = "/run/secret-exposure.stop"
+ARGV_SAMPLE_EVERY = 0.2
+ARGV_MAX_SECONDS = 600
+
+# The loop runs inside the node; `sort -u` keeps one copy of each distinct command line.
+_ARGV_SAMPLER = f"""
+rm -f {ARGV_STOP_FILE}
+end=$(( $(date +%s) + {ARGV_MAX_SECONDS} ))
+n=0
+{{ while [ ! -e {ARGV_STOP_FILE} ] && [ $(date +%s) -lt $end ]; do
+     ps -ww -eo args= 2>/dev/null; n=$((n+1)); echo "@@sample $n"; sleep {ARGV_SAMPLE_EVERY}
+   done; }} | sort -u
+"""
+
+
+def secret_values(lab):
+    """Every secret value of the lab (admin_user is a login name, not a secret)."""
+    sec = lab.secrets()
+    return sorted({str(v) for k, v in sec.items() if k != "admin_user" and v and len(str(v)) >= 8})
+
+
+def lab_nodes(lab):
+    from lab.common import topology
+    return [n for n in topology() if lab.is_running(n)]
+
+
+@contextlib.contextmanager
+def argv_samples(lab):
+    """
+    Sample `ps -ww -eo args` every 0.2 s on every node while the block runs. Yields a dict that
+    gets, after the block, ``samples`` {node: count} and ``leaks`` {node: [redacted lines]}: the
+    command lines that held a secret value of the lab.
+    """
+    import concurrent.futures
+    values = secret_values(lab)
+    assert len(values) >= 9, "lab secrets missing"
+    nodes = lab_nodes(lab)
+    out = {}
+
+    def sample(node):
+        p = lab.exec_on(node, ["/bin/sh", "-c", _ARGV_SAMPLER], check=False,
+                        timeout=ARGV_MAX_SECONDS + 60)
+        lines = (p.stdout or "").splitlines()
+        return node, sum(1 for ln in lines if ln.startswith("@@sample ")), \
+            [ln for ln in lines if not ln.startswith("@@sample ")]
+
+    with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+        futures = [pool.submit(sample, node) for node in nodes]
+        time.sleep(1.0)  # the samplers are running
+        try:
+            yield out
+        finally:
+            time.sleep(1.0)  # a last sample after the block
+            for node in nodes:
+                sh(lab, node, f"touch {ARGV_STOP_FILE}")
+            results = [f.result() for f in futures]
+            for node in nodes:
+                sh(lab, node, f"rm -f {ARGV_STOP_FILE}")
+
+    def redact(line):
+        for v in values:
+            line = line.replace(v, "<" + v[:3] + "...>")
+        return line
+    out["samples"] = {node: n for node, n, _ in results}
+    out["leaks"] = {node: [redact(ln) for ln in lines if any(v in ln for v in values)]
+                    for node, _, lines in results if any(v in ln for ln in lines for v in values)}

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.lab.helpers import LB, LB_HTTP, STATS, WORKER, lab_ca
+from tests.lab.helpers import LB, LB_HTTP, STATS, WORKER, argv_samples, lab_ca
 
 STATS_CSV = STATS + "/;csv"
 MASTERS = {"master1": "10.77.0.11", "master2": "10.77.0.12"}
@@ -113,16 +113,23 @@ def test_dag_runs_on_both_workers(lab, airflow_api, results_file):
 def test_second_highstate_has_no_changes(lab, results_file):
     t0 = time.monotonic()
     expected = {"master1", "master2", "worker1", "worker2", "infra"}
-    for attempt in range(2):  # an empty reply (master busy, job not published) is retried once
-        # queue=True: the healing layer may be applying airflow.lb on the lb node right now
-        # (reconcile_lb after the deploy's events); wait for it instead of failing on it
-        p = lab.salt("salt", "--out=json", "--static", "--timeout=300", "*", "state.apply",
-                     "queue=True", check=False, timeout=1400)
-        res = json.loads(p.stdout or "{}")
-        if set(res) >= expected:
-            break
-        print(f"state.apply attempt {attempt}: rc={p.returncode} minions={sorted(res)} stderr={p.stderr[-500:]}")
+    # every node's command lines are sampled meanwhile: this highstate checks every password
+    # (the RabbitMQ user, the PostgreSQL roles), none may show up in argv (issue 9)
+    with argv_samples(lab) as argv:
+        for attempt in range(2):  # an empty reply (master busy, job not published) is retried once
+            # queue=True: the healing layer may be applying airflow.lb on the lb node right now
+            # (reconcile_lb after the deploy's events); wait for it instead of failing on it
+            p = lab.salt("salt", "--out=json", "--static", "--timeout=300", "*", "state.apply",
+                         "queue=True", check=False, timeout=1400)
+            res = json.loads(p.stdout or "{}")
+            if set(res) >= expected:
+                break
+            print(f"state.apply attempt {attempt}: rc={p.returncode} minions={sorted(res)} stderr={p.stderr[-500:]}")
     dt = time.monotonic() - t0
+    results_file("secret-exposure", {"what": "argv_during_highstate", "highstate_seconds": round(dt, 1),
+                                     **argv})
+    assert all(n >= 5 for n in argv["samples"].values()), f"too few ps samples: {argv['samples']}"
+    assert not argv["leaks"], f"secret values on command lines: {json.dumps(argv['leaks'], indent=1)}"
     changed = {}
     for minion, states in res.items():
         assert isinstance(states, dict), f"{minion}: {states}"

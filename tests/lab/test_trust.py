@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from helpers import (LB_NODE, SALT_NODE, active_scheduler, audit_since, haproxy_servers,
+from tests.lab.helpers import (LB_NODE, SALT_NODE, active_scheduler, audit_since, haproxy_servers,
                      main_pid, salt_json, salt_run_json, sh, wait_for)
 
 ROGUE = "worker1"
