@@ -256,10 +256,14 @@ class Context:
             grain = self.core.grain_roles(self.ops.grains_cache().get(minion))
             if new == old and set(grain) == set(new.get(minion, [])):
                 return {"result": "unchanged", "minion": minion, "roles": new.get(minion, [])}
+            verb = "grant" if grant else "revoke"
+            try:  # recorded before it is done, like every action
+                op = self.act(verb, minion, None, f"{verb} {', '.join(roles)}",
+                              roles=new.get(minion, []))
+            except NotRecorded as exc:
+                return exc.result
             self.store.write_role_record(self.core.dump_role_record(new))
-        verb = "grant" if grant else "revoke"
-        self.audit(verb, minion, None, f"{verb} {', '.join(roles)}", "recorded",
-                   roles=new.get(minion, []))
+        op.done("recorded", roles=new.get(minion, []))
         fun = "grains.append" if grant else "grains.remove"
         grain = [self.ops.one(minion, fun, ["roles", role]) for role in roles]
         everyone = sorted(set(self.ops.grains_cache()) | set(new) | {minion})
