@@ -125,7 +125,9 @@ class AirflowAPI:
         import requests
         self.base, self.username, self.password = base.rstrip("/"), username, password
         self.s = requests.Session()
-        self.s.verify = lab_ca()  # haproxy's certificate, checked against the lab CA
+        # haproxy's certificate, checked against the lab CA. Session.verify alone loses to
+        # REQUESTS_CA_BUNDLE in the environment (requests merges it per request): pass it each time
+        self.s.verify = lab_ca()
         self.token = None
 
     def _login(self):
@@ -142,7 +144,8 @@ class AirflowAPI:
             if auth:
                 headers["Authorization"] = f"Bearer {self.token}"
             try:
-                r = self.s.request(method, self.base + path, headers=headers, timeout=20, **kw)
+                r = self.s.request(method, self.base + path, headers=headers, timeout=20,
+                                   verify=self.s.verify, **kw)
                 if r.status_code < 500:
                     return r
                 last = r
