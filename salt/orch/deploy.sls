@@ -9,13 +9,24 @@
     Run: salt-run state.orchestrate orch.deploy
     Every step requires the previous one, so a failed step stops the run and the orchestration
     returns failure. Steps whose role has no minion (e.g. external database) are left out. -#}
+{#- Who has which role: the master-owned role record (salt-run airflow.grant), never the
+    minions' own grains (a minion claiming a role is not deployed as one). -#}
+{%- if 'airflow_roles.members' not in salt %}
+{{- raise('orch.deploy: the master-side module airflow_roles is not loaded (module_dirs)') }}
+{%- endif %}
+{%- set members = salt['airflow_roles.members']() %}
 {%- set roles = {} %}
 {%- set minions = {} %}
 {%- for role in ['airflow-db', 'airflow-broker', 'airflow-master', 'airflow-worker', 'airflow-flower', 'airflow-lb'] %}
-{%-   set found = salt['saltutil.runner']('cache.grains', tgt='G@roles:' ~ role, tgt_type='compound') or {} %}
+{%-   set found = members.get(role) or [] %}
 {%-   do roles.update({role: found|length > 0}) %}
 {%-   do minions.update({role: found|list}) %}
 {%- endfor %}
+{#- tgt(role, ...): the record's minions of those roles, a list target -#}
+{%- macro tgt() -%}
+{%-   set ids = [] %}{% for r in varargs %}{% for m in minions[r] if m not in ids %}{% do ids.append(m) %}{% endfor %}{% endfor -%}
+{{ ids|sort|join(',') }}
+{%- endmacro %}
 {#- db/broker minions that no highstate step below reaches #}
 {%- set highstated = minions['airflow-master'] + minions['airflow-worker'] + minions['airflow-flower'] + minions['airflow-lb'] %}
 {%- set infra_only = (minions['airflow-db'] + minions['airflow-broker'])|unique|reject('in', highstated)|list %}
@@ -45,8 +56,8 @@ airflow-mine-update:
 # The slow part (pip install of Airflow) runs on every Airflow node at once, beside db + broker.
 airflow-install-software:
   salt.state:
-    - tgt: 'G@roles:airflow-master or G@roles:airflow-worker or G@roles:airflow-flower'
-    - tgt_type: compound
+    - tgt: '{{ tgt('airflow-master', 'airflow-worker', 'airflow-flower') }}'
+    - tgt_type: list
     - sls:
       - airflow
     - parallel: True
@@ -59,8 +70,8 @@ airflow-install-software:
 
 airflow-deploy-db:
   salt.state:
-    - tgt: 'G@roles:airflow-db'
-    - tgt_type: compound
+    - tgt: '{{ tgt('airflow-db') }}'
+    - tgt_type: list
     - sls:
       - airflow.db
     - parallel: True
@@ -73,8 +84,8 @@ airflow-deploy-db:
 
 airflow-deploy-broker:
   salt.state:
-    - tgt: 'G@roles:airflow-broker'
-    - tgt_type: compound
+    - tgt: '{{ tgt('airflow-broker') }}'
+    - tgt_type: list
     - sls:
       - airflow.broker
     - parallel: True
@@ -89,8 +100,8 @@ airflow-deploy-broker:
 
 airflow-migrate-metastore:
   salt.state:
-    - tgt: 'G@roles:airflow-master'
-    - tgt_type: compound
+    - tgt: '{{ tgt('airflow-master') }}'
+    - tgt_type: list
     - sls:
       - airflow.migrate
     - require:
@@ -100,8 +111,8 @@ airflow-migrate-metastore:
 
 airflow-deploy-masters:
   salt.state:
-    - tgt: 'G@roles:airflow-master'
-    - tgt_type: compound
+    - tgt: '{{ tgt('airflow-master') }}'
+    - tgt_type: list
     - highstate: True
     - require:
       - salt: airflow-migrate-metastore
@@ -111,8 +122,8 @@ airflow-deploy-masters:
 
 airflow-deploy-workers:
   salt.state:
-    - tgt: 'G@roles:airflow-worker or G@roles:airflow-flower'
-    - tgt_type: compound
+    - tgt: '{{ tgt('airflow-worker', 'airflow-flower') }}'
+    - tgt_type: list
     - highstate: True
     - require:
       - salt: airflow-deploy-masters
@@ -123,8 +134,8 @@ airflow-deploy-workers:
 
 airflow-deploy-lb:
   salt.state:
-    - tgt: 'G@roles:airflow-lb'
-    - tgt_type: compound
+    - tgt: '{{ tgt('airflow-lb') }}'
+    - tgt_type: list
     - highstate: True
     - require:
       - salt: {{ last }}
@@ -136,8 +147,8 @@ airflow-deploy-lb:
 # db/broker states ran above; the highstate adds the healing beacon and the clean SLS.
 airflow-deploy-infra:
   salt.state:
-    - tgt: 'L@{{ infra_only|sort|join(',') }}'
-    - tgt_type: compound
+    - tgt: '{{ infra_only|sort|join(',') }}'
+    - tgt_type: list
     - highstate: True
     - require:
       - salt: {{ last }}

@@ -34,6 +34,7 @@ Fixtures (session scope; reuse them in other tests/salt/test_*.py, e.g. test_hea
 
 Example: ``salt_cli.run("state.show_sls", "airflow.lb", minion_tgt="infra")`` -> ``ret.data``.
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -87,6 +88,22 @@ def _rewrite_paths(obj, mapping):
         for old, new in mapping.items():
             obj = obj.replace(old, new)
     return obj
+
+
+@contextlib.contextmanager
+def record_grants(paths, extra):
+    """The master's role record grants ``extra`` ({minion: roles}) too while the block runs (as
+    `salt-run airflow.grant` would; a grain alone gets a minion nothing), then as it was."""
+    record = os.path.join(paths["etc"], "roles.yaml")
+    with open(record) as fh:
+        before = fh.read()
+    with open(record, "w") as fh:
+        yaml.safe_dump({**(yaml.safe_load(before) or {}), **extra}, fh)
+    try:
+        yield
+    finally:
+        with open(record, "w") as fh:
+            fh.write(before)
 
 
 @pytest.fixture(scope="session")

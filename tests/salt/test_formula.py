@@ -287,21 +287,7 @@ def test_no_mine_lookup_in_map_jinja_import_path():
     head, body = (salt_dir / "macros.jinja").read_text().split("{%- macro daemon(", 1)
     assert not imports.search(head) and imports.search(body.split("{%- endmacro %}", 1)[0])
     hosts = (salt_dir / "hosts.jinja").read_text()
-    assert len(re.findall(r"salt\['mine\.get'\]", hosts)) == 2  # the one lookup + the per-role fallback
-
-
-def test_hosts_fall_back_to_grains_targeting_without_role_mine_data(salt_cli):
-    """master2 without `airflow_roles` in the mine: haproxy still lists it (per-role lookup)."""
-    ret = salt_cli.run("mine.delete", "airflow_roles", minion_tgt="master2")
-    assert ret.returncode == 0, ret
-    try:
-        ret = salt_cli.run("slsutil.renderer", "salt://airflow/files/haproxy.cfg.jinja",
-                           "default_renderer=jinja", minion_tgt="infra")
-        assert "server master1 127.0.0.1:8080 check\n    server master2 127.0.0.1:8080 check" in ret.data
-    finally:
-        assert salt_cli.run("mine.update", minion_tgt="master2").returncode == 0
-    ret = salt_cli.run("mine.get", "master2", "airflow_roles", minion_tgt="infra")
-    assert ret.data == {"master2": ["airflow-master"]}, ret.data
+    assert len(re.findall(r"salt\['mine\.get'\]", hosts)) == 1  # the one lookup (members' addresses)
 
 
 # ------------------------------------------------------------------ TOFS

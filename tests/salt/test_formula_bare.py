@@ -10,6 +10,8 @@ import shutil
 
 import pytest
 
+from conftest import record_grants
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -25,11 +27,11 @@ def _forget(salt_master, minion):
 
 
 @pytest.fixture(scope="module")
-def bare(salt_master, salt_minions):
+def bare(salt_master, salt_minions, airflow_salt_paths):
     factory = salt_master.salt_minion_daemon("bare1", overrides={"grains": {"roles": ["airflow-lb"]}},
                                              max_start_attempts=1)
     try:
-        with factory.started():
+        with record_grants(airflow_salt_paths, {"bare1": ["airflow-lb"]}), factory.started():
             yield salt_master.salt_cli(timeout=180)
     finally:
         _forget(salt_master, "bare1")

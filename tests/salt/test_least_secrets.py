@@ -7,16 +7,18 @@ airflow-flower: a minion with several roles gets the union). Neither has an addr
 mine-derived hosts the other tests see do not change. Roles without a minion here (db, broker or
 lb alone) are checked against pillar/top.sls and the ``*.sls.example`` files.
 """
+import ast
 import configparser
 import json
 import os
+import re
 import shutil
 from urllib.parse import quote
 
 import pytest
 import yaml
 
-from conftest import REPO, TEST_SECRETS
+from conftest import REPO, TEST_SECRETS, record_grants
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,9 +32,12 @@ ROLE_SECRETS = {
     "airflow-flower": FLOWER,
     "airflow-db": {"db_password", "results_db_password"},
     "airflow-broker": {"broker_password"},
-    "airflow-lb": {"lb_stats_password"},
+    "airflow-lb": {"lb_stats_password", "lb_tls_cert", "lb_tls_key"},
 }
-EXTRA_MINIONS = {"flower1": ["airflow-flower"], "wf1": ["airflow-worker", "airflow-flower"]}
+EXTRA_MINIONS = {"flower1": ["airflow-flower"], "wf1": ["airflow-worker", "airflow-flower"],
+                 "rogue1": ["airflow-worker"]}
+# rogue1's grain claims airflow-master too; the role record grants it airflow-worker only
+GRAINS = {**EXTRA_MINIONS, "rogue1": ["airflow-worker", "airflow-master"]}
 MINION_ROLES = {
     "master1": ["airflow-master"],
     "worker1": ["airflow-worker"],
@@ -70,10 +75,16 @@ def _forget(salt_master, minion):
 
 
 @pytest.fixture(scope="module")
-def cli(salt_master, salt_minions):
+def cli(salt_master, salt_minions, airflow_salt_paths):
+    # the master's role record grants the extra minions their roles (a grain alone gets nothing)
+    with record_grants(airflow_salt_paths, EXTRA_MINIONS):
+        yield from _extra_minions(salt_master)
+
+
+def _extra_minions(salt_master):
     factories = {name: salt_master.salt_minion_daemon(name, overrides={"grains": {"roles": roles}},
                                                       max_start_attempts=1)
-                 for name, roles in EXTRA_MINIONS.items()}
+                 for name, roles in GRAINS.items()}
     started = []
     try:
         for factory in factories.values():
@@ -81,7 +92,7 @@ def cli(salt_master, salt_minions):
             started.append(factory)
         cli = salt_master.salt_cli(timeout=180)
         tgt = ",".join(EXTRA_MINIONS)
-        for fun in ("saltutil.sync_all", "saltutil.refresh_pillar"):
+        for fun in ("saltutil.sync_all", "saltutil.refresh_pillar", "mine.update"):
             ret = cli.run("-L", fun, *(["wait=True"] if fun.endswith("pillar") else []), minion_tgt=tgt)
             assert ret.returncode == 0, ret
         yield cli
@@ -166,16 +177,11 @@ def test_flower_unit_command_line_has_no_secret(cli):
 
 
 def _top_files():
-    """pillar/top.sls: role -> secret files (airflow.secrets.<file>) it targets."""
+    """pillar/top.sls: role -> secret files (airflow.secrets.<file>) it gives (its secrets_of)."""
     with open(os.path.join(REPO, "pillar", "top.sls")) as fh:
-        top = yaml.safe_load(fh)["base"]
-    out = {}
-    for target, items in top.items():
-        if not target.startswith("G@roles:"):
-            continue
-        files = [i.split(".")[-1] for i in items if isinstance(i, str) and i.startswith("airflow.secrets.")]
-        out[target[len("G@roles:"):]] = files
-    return out
+        text = fh.read()
+    literal = re.search(r"\{%-? set secrets_of = (\{.*?\}) %\}", text, re.S).group(1)
+    return ast.literal_eval(literal)
 
 
 def _example_keys(name):
@@ -195,3 +201,20 @@ def test_top_sls_gives_each_role_exactly_its_secrets():
     # the test secrets mirror the example files one to one
     for name, keys in TEST_SECRETS.items():
         assert set(keys) == _example_keys(name), name
+
+
+def test_a_grain_claim_gains_no_secret_no_backend_and_no_role_states(cli, pillars):
+    """rogue1's root claims airflow-master by grain (issue 9). The master's role record does not
+    grant it: no master secret in its pillar (test_pillar_holds_only_the_roles_secrets[rogue1]),
+    no haproxy backend for it (rendered on infra), and its top applies airflow.refused instead
+    of airflow.master."""
+    assert "airflow-master" in cli.run("grains.get", "roles", minion_tgt="rogue1").data
+    assert set(pillars["rogue1"]["airflow"]["secrets"]) == WORKER
+    ret = cli.run("slsutil.renderer", "salt://airflow/files/haproxy.cfg.jinja",
+                  "default_renderer=jinja", minion_tgt="infra")
+    assert "server master1 127.0.0.1:8080 check" in ret.data and "server rogue1" not in ret.data
+    top = cli.run("state.show_top", minion_tgt="rogue1").data
+    sls = [x for env in top.values() for x in env]
+    assert "airflow.refused" in sls and "airflow.worker" in sls and "airflow.master" not in sls
+    ret = cli.run("state.show_sls", "airflow.refused", minion_tgt="rogue1")
+    assert "roles airflow-master claimed by the roles grain of rogue1" in json.dumps(ret.data)

@@ -38,9 +38,12 @@ def test_orchestration_order(salt_run_cli):
     assert steps["airflow-mark-deployed"] == {**steps["airflow-mark-deployed"], "fun": "runner",
                                               "name": "airflow.mark_deployed"}
     for sid, step in steps.items():
-        if step["fun"] == "state":
-            assert step["tgt_type"] == "compound"
+        if step["fun"] == "state":  # targets from the master's role record, never a grain
+            assert step["tgt_type"] == "list"
             assert "batch" not in step
+    assert steps["airflow-deploy-masters"]["tgt"] == "master1,master2"
+    assert steps["airflow-install-software"]["tgt"] == "master1,master2,worker1"
+    assert steps["airflow-deploy-lb"]["tgt"] == "infra"
     # show_sls keeps the file order: the run order follows it too
     order = [s for s in high]
     assert order.index("airflow-deploy-db") < order.index("airflow-migrate-metastore") < \
