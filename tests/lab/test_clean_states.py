@@ -16,7 +16,7 @@ UNIT_FILE = f"/etc/systemd/system/{UNIT}.service"
 VENV = "/opt/airflow/venv"
 BEACONS_CONF = "/etc/salt/minion.d/airflow-beacons.conf"
 
-pytestmark = pytest.mark.timeout(2400)
+pytestmark = [pytest.mark.timeout(2400), pytest.mark.extended]  # CI budget: make test-lab-extended
 
 
 def _json(text, default):

@@ -420,6 +420,7 @@ def test_incident_f_salt_master_restart_during_hang(incident_lab, results_file):
 
 
 # ====================================================================== g. master restart + highstate
+@pytest.mark.extended  # CI budget: `make test-lab-extended`
 @pytest.mark.timeout(1200)
 def test_incident_g_master_restart_with_highstate(incident_lab, results_file):
     """A master's node restarted (graceful poweroff, boot) and a highstate run on it while its

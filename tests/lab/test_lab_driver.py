@@ -63,6 +63,7 @@ def test_exec_exit_code_passes_through(lab):
     assert lab.exec_on("worker2", ["false"], check=False).returncode == 1
 
 
+@pytest.mark.extended  # CI budget (test_haproxy_follows_api_servers adds a node too)
 @pytest.mark.timeout(400)
 def test_add_and_remove_throwaway_node(lab):
     from lab import network
