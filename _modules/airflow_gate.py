@@ -81,7 +81,8 @@ def _count(ctx, minion):
 
 def admit(minion):
     """
-    May a health event of ``minion`` (the master-authenticated sender id) go on to the runner?
+    May a health event that names ``minion`` go on to the runner (the id is the event's claim:
+    a beacon's events list carries the id its minion wrote)?
     False for events over ``rate_limit_events`` within ``rate_limit_window`` seconds (one
     ``rate-limited`` audit record per minion and window). Every call counts one event.
 
@@ -99,3 +100,36 @@ def admit(minion):
     except Exception:  # pylint: disable=broad-except
         log.exception("airflow healing: event gate failed for %r; event admitted", minion)
         return True
+
+
+def enforce_pause(minion):
+    """
+    Why the scheduled highstate of ``minion`` (the id the master authenticated for this pillar
+    compile) must wait now, as pillar ``airflow_pause`` (pillar/airflow/pause.sls):
+    ``{"reason": "..."}``, or ``{"reason": ""}`` when it may run. The decision is
+    ``airflow_drift.pause_reason``: maintenance, the enforcement-only pause
+    (``salt-run airflow.enforcement pause``), orch.deploy running, a remediation acting on
+    the node. An error pauses (and is logged): enforcement must not run blind.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run salt.cmd airflow_gate.enforce_pause worker1
+    """
+    try:
+        ctx = _context()
+        if not ctx.table.valid_minion_id(minion):
+            return {"reason": "invalid minion id"}
+        store = ctx.store
+        reason = _util("airflow_drift.api")().pause_reason(
+            maintenance=store.flag("maintenance"),
+            enforcement_paused=store.flag("enforcement-paused"),
+            deployed=store.flag("deployed"),
+            require_deploy=ctx.conf["require_deploy"],
+            busy=store.busy(minion),
+            now=ctx.clock.now())
+        return {"reason": reason or ""}
+    except Exception:  # pylint: disable=broad-except
+        log.exception("airflow healing: enforcement pause of %r failed; paused", minion)
+        return {"reason": "the master could not decide (see its log)"}

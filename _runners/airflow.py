@@ -434,6 +434,52 @@ def audit_log(limit=20):
     return _context().store.read_audit(int(limit))
 
 
+def enforcement_report(minion):
+    """
+    A scheduled enforcement run finished on ``minion`` (reactor/enforce.sls): fetch its summary
+    from the minion itself, record the node's last run and audit any drift (``drift`` record +
+    ``airflow/drift/<minion>`` event).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.enforcement_report worker1
+    """
+    return _util("airflow_ops.enforcement_report")(_context(), _util("airflow_drift.api")(),
+                                                   minion)
+
+
+def enforcement(action="status"):
+    """
+    Scheduled enforcement (every minion's highstate on its schedule, salt/airflow/enforce):
+    ``pause`` makes every scheduled run skip until ``resume``; ``status`` shows the switch and
+    each node's last run (time, mode, result). Maintenance (``airflow.maintenance on``) pauses
+    it as well.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run airflow.enforcement pause
+        salt-run airflow.enforcement resume
+        salt-run airflow.enforcement status
+    """
+    ctx = _context()
+    if action == "pause":
+        ctx.store.set_flag("enforcement-paused")
+        ctx.audit("enforcement", None, None, "scheduled enforcement paused by an operator", "paused")
+    elif action == "resume":
+        ctx.store.clear_flag("enforcement-paused")
+        ctx.audit("enforcement", None, None, "scheduled enforcement resumed", "resumed")
+    elif action != "status":
+        return {"result": "error", "reason": f"unknown action {str(action)[:40]!r}: "
+                                              "pause, resume or status"}
+    return {"paused": ctx.store.flag("enforcement-paused"),
+            "maintenance": ctx.store.flag("maintenance"),
+            "nodes": ctx.store.enforcement()}
+
+
 def mark_deployed():
     """
     Record a finished deployment (called at the end of orch.deploy) and enable healing.

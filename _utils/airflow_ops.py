@@ -180,6 +180,8 @@ class Context:
             written = True
             if attempt:
                 self.store.record_attempt(minion, daemon)
+            if minion and self.table.valid_minion_id(minion):
+                self.store.mark_busy(minion, op_id, action)  # scheduled enforcement waits
         except OSError as exc:
             self.audit_unwritable("intent", action, minion, daemon, exc)
             if written:  # the intent is there: say that it was not acted on (best effort)
@@ -382,6 +384,12 @@ class Action:
         The outcome record (the intent's action, minion, daemon, reason and id; ``attempt``
         marked, not counted again). The action was taken: a failed write only alerts.
         """
+        if self.minion and self.ctx.table.valid_minion_id(self.minion):
+            try:
+                self.ctx.store.clear_busy(self.minion, self.id)
+            except OSError as exc:  # a stale mark expires (airflow_drift.BUSY_MAX_AGE)
+                log.warning("airflow healing: cannot clear the busy mark of %s: %s",
+                            self.minion, exc)
         try:
             return self.ctx.store.audit(self.action, self.minion, self.daemon,
                                         self.reason if reason is None else reason, outcome,
@@ -417,5 +425,41 @@ def cluster_status(ctx):
         "haproxy": backends,
         "maintenance": ctx.store.flag("maintenance"),
         "deployed": ctx.store.flag("deployed"),
+        "enforcement": {"paused": ctx.store.flag("enforcement-paused"),
+                        "nodes": {m: row for m, row in ctx.store.enforcement().items()
+                                  if m in cache}},
         "recent": ctx.store.read_audit(10),
     }
+
+
+def enforcement_report(ctx, drift, minion):
+    """
+    A minion says its scheduled run finished (event ``airflow/enforce/<result>``, whose id
+    proves nothing): ask that minion for its summary (``airflow_enforce.last``, an answer over
+    Salt's authenticated channel), check it (``drift.parse_report``) and, once per run:
+    record the node's status; for drift (corrected, would change, failed) one ``drift`` audit
+    record and an ``airflow/drift/<minion>`` event. State IDs and key names only, no values.
+    """
+    if not ctx.table.valid_minion_id(minion) or minion not in ctx.inventory():
+        ctx.audit("ignored", ctx.core.safe_id(ctx.table, minion), None,
+                  "enforcement report from an unknown minion", "ignored")
+        return {"result": "ignored", "reason": "unknown minion"}
+    raw = ctx.ops.one(minion, "airflow_enforce.last", timeout=ctx.conf["probe_timeout"])
+    if raw is None:
+        return {"result": "no-answer", "minion": minion}
+    report, error = drift.parse_report(raw)
+    if error:
+        ctx.audit("ignored", minion, None, f"malformed enforcement summary: {error}", "ignored")
+        return {"result": "ignored", "reason": error}
+    seen = ctx.store.enforcement().get(minion) or {}
+    if seen.get("run_id") == report["run_id"]:
+        return {"result": "known", "minion": minion, "run_id": report["run_id"]}
+    ctx.store.write_enforcement(minion, drift.status_row(report, ctx.clock.now()))
+    if drift.is_drift(report):
+        fields = drift.audit_fields(report)
+        outcome = {"corrected": "corrected", "drift": "reported", "failed": "failed"}[
+            report["result"]]
+        ctx.audit("drift", minion, None, f"scheduled {report['mode']} run: {report['result']}",
+                  outcome, **fields)
+        ctx.ops.fire(f"airflow/drift/{minion}", dict(fields, minion=minion))
+    return {"result": report["result"], "minion": minion, "run_id": report["run_id"]}

@@ -227,6 +227,50 @@ class Store:
 
         return self.update_json(("attempts", _attempt_key(minion, daemon)), change)
 
+    # ------------------------------------------------------------------ busy nodes
+    def mark_busy(self, minion, op_id, action):
+        """An action (``Context.act``) acts on ``minion`` from now: scheduled enforcement waits."""
+        now = self.clock.now()
+
+        def change(old):
+            ops = old if isinstance(old, dict) else {}
+            ops[op_id] = {"action": action, "since": now}
+            return ops, None
+
+        self.update_json(("busy", minion), change)
+
+    def clear_busy(self, minion, op_id):
+        """The action ``op_id`` on ``minion`` is done."""
+        def change(old):
+            ops = old if isinstance(old, dict) else {}
+            ops.pop(op_id, None)
+            return ops, None
+
+        self.update_json(("busy", minion), change)
+
+    def busy(self, minion):
+        """The latest action still marked on ``minion``: {action, since} or None."""
+        ops = self.read_json("busy", minion)
+        rows = [row for row in (ops.values() if isinstance(ops, dict) else [])
+                if isinstance(row, dict) and isinstance(row.get("since"), (int, float))]
+        return max(rows, key=lambda row: row["since"]) if rows else None
+
+    # ------------------------------------------------------------------ enforcement status
+    def write_enforcement(self, minion, row):
+        """The last scheduled run of ``minion`` (``airflow_drift.status_row``)."""
+        self.update_json(("enforce", minion), lambda old: (row, None))
+
+    def enforcement(self):
+        """{minion: last run row} of every node that reported one."""
+        out = {}
+        folder = self.path("enforce")
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            if name.endswith(".json") and not name.startswith("."):
+                row = self.read_json("enforce", name[:-5])
+                if isinstance(row, dict):
+                    out[name[:-5]] = row
+        return out
+
     # ------------------------------------------------------------------ audit log
     def audit_path(self, n=0):
         """``audit.jsonl`` (``n`` 0, the one written to) or its rotated ``audit.jsonl.<n>``."""

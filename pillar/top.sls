@@ -22,12 +22,13 @@ base:
   '*':
     # ignore_missing covers only the optional files of this block: airflow_site (site-local
     # overrides, e.g. /etc/airflow-salt/pillar/airflow_site.sls) and airflow_runtime (written by
-    # the healing runner). airflow and airflow.members are always in the repo.
+    # the healing runner). airflow, airflow.members and airflow.pause are always in the repo.
     # airflow.ca (airflow:tls:ca_cert, public: the CA of the lb's certificate) is optional too:
     # without it the nodes trust the system store (a certificate from a public CA).
     - ignore_missing: True
     - airflow
     - airflow.members
+    - airflow.pause
     - airflow.ca
     - airflow_site
     - airflow_runtime

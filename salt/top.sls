@@ -36,6 +36,7 @@ base:
   '* and not G@roles:airflow-*':
     - match: compound
     - airflow.healing.clean
+    - airflow.enforce.clean
   '{{ has('airflow-db') }}':
     - match: compound
     - airflow.db
@@ -55,9 +56,11 @@ base:
     - match: compound
     - airflow.lb
   # Every role: the beacon checks the daemons (daemon table) of the minion's roles.
+  # Every role: scheduled enforcement of this very highstate (interval from pillar airflow:enforce).
   'G@roles:airflow-*':
     - match: compound
     - airflow.healing
+    - airflow.enforce
 {#- A role the grain claims but the record does not grant: one failing state that names it. #}
 {%- set claimed = grains.get('roles', []) %}
 {%- set members = pillar.get('airflow_members', {}) %}

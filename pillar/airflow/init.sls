@@ -22,6 +22,12 @@ airflow:
     port: 8080
   dag_processor:
     parsing_processes: 1
+  # Scheduled enforcement (salt/airflow/defaults.yaml airflow:enforce): short in the lab, so a
+  # hand edit is corrected within about two minutes (the lab tests pause it while they inject
+  # faults: salt-run airflow.enforcement pause).
+  enforce:
+    interval: 120
+    splay: 30
   # Self-healing knobs (defaults and meaning: salt/airflow/defaults.yaml airflow:healing).
   healing:
     interval: 3

@@ -97,7 +97,12 @@ def lab():
         timings["reused"] = True
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "lab-timings.json").write_text(json.dumps(timings, indent=2, sort_keys=True) + "\n")
+    # The nodes' scheduled highstates would correct the faults the tests inject (a stopped
+    # service, a changed file) under them: paused for the session, the operator's own switch.
+    # tests/lab/test_drift.py resumes it for its duration; the lab is left with it running.
+    api.salt("salt-run", "airflow.enforcement", "pause", check=False, timeout=120)
     yield api
+    api.salt("salt-run", "airflow.enforcement", "resume", check=False, timeout=120)
     if os.environ.get("AIRFLOW_LAB_DOWN_AFTER") == "1":
         # tear down at the end of the session and check that nothing of the lab is left
         import subprocess

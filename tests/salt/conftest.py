@@ -35,6 +35,7 @@ Fixtures (session scope; reuse them in other tests/salt/test_*.py, e.g. test_hea
 Example: ``salt_cli.run("state.show_sls", "airflow.lb", minion_tgt="infra")`` -> ``ret.data``.
 """
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -220,6 +221,15 @@ def salt_run_cli(salt_master, salt_minions):
 @pytest.fixture(scope="session")
 def salt_call_cli(salt_minions):
     return salt_minions["master1"].salt_call_cli(timeout=120)
+
+
+def audit_records(paths):
+    """The healing runner's audit records (varlib/audit.jsonl of the test master), oldest first."""
+    path = os.path.join(paths["varlib"], "audit.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def parse_states(data):

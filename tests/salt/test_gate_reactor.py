@@ -10,19 +10,12 @@ import os
 import time
 
 import pytest
+from conftest import audit_records
 
 pytestmark = pytest.mark.timeout(180)
 
 FLOOD = 60
 FLOODER, OTHER = "master2", "infra"   # not worker1: test_healing.py sends from it
-
-
-def _audit(paths):
-    path = os.path.join(paths["varlib"], "audit.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def _remediate_jobs(event_listener, master, since, minion):
@@ -35,7 +28,7 @@ def _remediate_jobs(event_listener, master, since, minion):
 
 def test_gate_loads_on_the_master_only(salt_run_cli, salt_cli):
     ret = salt_run_cli.run("salt.cmd", "sys.list_functions", "airflow_gate")
-    assert ret.returncode == 0 and ret.data == ["airflow_gate.admit"], ret
+    assert ret.returncode == 0 and ret.data == ["airflow_gate.admit", "airflow_gate.enforce_pause"], ret
     # the minions have the file too (salt/_modules, synced at start) but do not load it
     ret = salt_cli.run("sys.list_functions", "airflow_gate", minion_tgt="worker1")
     assert ret.data == [], ret
@@ -52,7 +45,7 @@ def test_flood_starts_only_the_budget_of_runner_jobs(salt_master, salt_minions, 
         fh.write("{%- for i in range(" + str(FLOOD) + ") %}{{ salt['event.send']("
                  "'airflow/health/worker', {'daemon': 'worker', 'status': 'hung', 'n': i})"
                  " }}{%- endfor %}")
-    before, since = len(_audit(paths)), time.time()
+    before, since = len(audit_records(paths)), time.time()
     try:
         ret = salt_minions[FLOODER].salt_call_cli(timeout=60).run(
             "slsutil.renderer", flood, "default_renderer=jinja")
@@ -64,7 +57,7 @@ def test_flood_starts_only_the_budget_of_runner_jobs(salt_master, salt_minions, 
         assert ret.returncode == 0, ret
 
         def handled(minion):  # the runner audits these as ignored (role is not airflow-worker)
-            return [r for r in _audit(paths)[before:]
+            return [r for r in audit_records(paths)[before:]
                     if r["minion"] == minion and r["action"] == "ignored"]
 
         deadline = time.monotonic() + 90
@@ -76,7 +69,7 @@ def test_flood_starts_only_the_budget_of_runner_jobs(salt_master, salt_minions, 
         assert len(handled(FLOODER)) == limit
         with open(rate_file) as fh:
             assert json.load(fh)["count"] == FLOOD    # all reached the gate, in one window
-        limited = [r for r in _audit(paths)[before:] if r["action"] == "rate-limited"]
+        limited = [r for r in audit_records(paths)[before:] if r["action"] == "rate-limited"]
         assert [(r["minion"], r["count"]) for r in limited] == [(FLOODER, limit + 1)]
         assert len(_remediate_jobs(event_listener, salt_master, since, FLOODER)) == limit
         assert len(_remediate_jobs(event_listener, salt_master, since, OTHER)) == 1

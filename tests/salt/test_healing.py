@@ -9,32 +9,25 @@ import os
 import time
 
 import pytest
+from conftest import audit_records
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _audit(paths):
-    path = os.path.join(paths["varlib"], "audit.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def _mark(paths):
-    """Where the audit log ends now: _wait_audit(..., since=_mark(paths)) sees only later records."""
-    return len(_audit(paths))
+    """Where the audit log ends now: _waitaudit_records(..., since=_mark(paths)) sees only later records."""
+    return len(audit_records(paths))
 
 
-def _wait_audit(paths, pred, since, timeout=20):
+def _waitaudit_records(paths, pred, since, timeout=20):
     """Matching audit records written after ``since`` (a _mark taken before the action)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        hits = [r for r in _audit(paths)[since:] if pred(r)]
+        hits = [r for r in audit_records(paths)[since:] if pred(r)]
         if hits:
             return hits
         time.sleep(0.3)
-    raise AssertionError(f"no matching audit record in {timeout}s: {_audit(paths)[since:][-5:]}")
+    raise AssertionError(f"no matching audit record in {timeout}s: {audit_records(paths)[since:][-5:]}")
 
 
 def _send(minion_factory, tag, data):
@@ -105,10 +98,10 @@ def test_spoofed_beacon_tag_from_worker_is_ignored(salt_minions, airflow_salt_pa
     # worker1 claims, in the tag and the payload, that master1's scheduler is dead
     _send(salt_minions["worker1"], "salt/beacon/master1/airflow_health/scheduler",
           {"daemon": "scheduler", "status": "dead", "id": "master1"})
-    hits = _wait_audit(airflow_salt_paths,
+    hits = _waitaudit_records(airflow_salt_paths,
                        lambda r: r["action"] == "ignored" and r["minion"] == "worker1", before)
     assert "does not match" in hits[-1]["reason"] or "role" in hits[-1]["reason"]
-    assert all(r["action"] in ("ignored",) for r in _audit(airflow_salt_paths)[before:])
+    assert all(r["action"] in ("ignored",) for r in audit_records(airflow_salt_paths)[before:])
     assert "Failed to render" not in _master_log(salt_master)
 
 
@@ -117,7 +110,7 @@ def test_spoofed_health_event_claiming_master_role_is_ignored(salt_minions, airf
     before = _mark(airflow_salt_paths)
     _send(salt_minions["worker1"], "airflow/health/scheduler",
           {"daemon": "scheduler", "status": "dead", "id": "master1", "minion": "master1"})
-    hits = _wait_audit(airflow_salt_paths,
+    hits = _waitaudit_records(airflow_salt_paths,
                        lambda r: r["action"] == "ignored" and r["daemon"] == "scheduler"
                        and "role airflow-master" in (r["reason"] or ""), before)
     assert hits[-1]["minion"] == "worker1"  # acted on the authenticated id, not the claim
@@ -126,14 +119,14 @@ def test_spoofed_health_event_claiming_master_role_is_ignored(salt_minions, airf
     assert not os.path.exists(os.path.join(airflow_salt_paths["varlib"], "pillar",
                                            "airflow_runtime.sls"))
     assert not any(r["action"] in ("failover", "restart", "kill-restart", "fence")
-                   for r in _audit(airflow_salt_paths))
+                   for r in audit_records(airflow_salt_paths))
 
 
 def test_malformed_event_is_ignored(salt_minions, airflow_salt_paths, synced, salt_master):
     before = _mark(airflow_salt_paths)
     _send(salt_minions["worker1"], "airflow/health/worker",
           {"daemon": "worker; reboot", "status": "dead"})
-    hits = _wait_audit(airflow_salt_paths, lambda r: r["action"] == "ignored"
+    hits = _waitaudit_records(airflow_salt_paths, lambda r: r["action"] == "ignored"
                        and r["reason"] == "malformed health event" and r["minion"] == "worker1",
                        before)
     assert hits[-1]["daemon"] == "?" and hits[-1]["detail"] == "unknown daemon"
@@ -141,7 +134,7 @@ def test_malformed_event_is_ignored(salt_minions, airflow_salt_paths, synced, sa
     before = _mark(airflow_salt_paths)
     _send(salt_minions["worker1"], "airflow/health/worker",
           {"daemon": {"x": "worker: evil"}, "status": ["dead"]})
-    _wait_audit(airflow_salt_paths, lambda r: r["action"] == "ignored"
+    _waitaudit_records(airflow_salt_paths, lambda r: r["action"] == "ignored"
                 and r["reason"] == "malformed health event" and r["minion"] == "worker1", before)
     assert "Failed to render" not in _master_log(salt_master)
 
@@ -155,7 +148,7 @@ def test_reprobe_healthy_or_absent_does_nothing(salt_run_cli, airflow_salt_paths
         assert ret.data["result"] in ("wait", "ignored"), ret.data
     finally:
         os.remove(os.path.join(airflow_salt_paths["varlib"], "deployed"))
-    assert not any(r.get("attempt") for r in _audit(airflow_salt_paths))
+    assert not any(r.get("attempt") for r in audit_records(airflow_salt_paths))
 
 
 def test_maintenance_switch_pauses_remediation(salt_run_cli, salt_minions, airflow_salt_paths,
@@ -165,7 +158,7 @@ def test_maintenance_switch_pauses_remediation(salt_run_cli, salt_minions, airfl
         before = _mark(airflow_salt_paths)
         _send(salt_minions["worker1"], "airflow/health/worker", {"daemon": "worker",
                                                                  "status": "hung"})
-        hits = _wait_audit(airflow_salt_paths, lambda r: r["action"] == "skipped"
+        hits = _waitaudit_records(airflow_salt_paths, lambda r: r["action"] == "skipped"
                            and r["minion"] == "worker1" and r["daemon"] == "worker", before)
         assert hits[-1]["reason"] == "maintenance mode"
     finally:

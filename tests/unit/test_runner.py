@@ -15,7 +15,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 UTILS = ("airflow_daemons", "airflow_decide", "airflow_store", "airflow_ops", "airflow_heal",
-         "airflow_scheduler", "airflow_lb", "airflow_reconcile")
+         "airflow_scheduler", "airflow_lb", "airflow_reconcile", "airflow_drift")
 
 
 def _load(rel, name):
@@ -53,7 +53,7 @@ PUBLIC_VERBS = {
     "status", "maintenance", "audit_log", "failover_scheduler", "drain_api_server",
     "undrain_api_server", "reconcile_lb", "active_scheduler", "mark_deployed", "deploy_started",
     "remediate", "minion_started", "presence_changed", "key_deleted", "ignored", "reconcile",
-    "grant", "revoke", "roles",
+    "grant", "revoke", "roles", "enforcement", "enforcement_report",
 }
 HEALTHY_MASTER = {"api-server": {"status": "ok"}, "dag-processor": {"status": "ok"}}
 
