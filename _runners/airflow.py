@@ -168,7 +168,10 @@ def remediate(minion, daemon, tag_minion=None, status=None, tag=None):
     if route == "scheduler":
         return _concern("airflow_scheduler.remediate")(ctx, minion, cache, claimed=status)
     if route == "lb":
-        return _concern("airflow_lb.reconcile")(ctx, reason=f"{daemon} event from {minion}")
+        # a health claim about an api-server: its runtime state; the backends stay (unless
+        # haproxy's servers differ from the role record's masters)
+        return _concern("airflow_lb.reconcile")(ctx, reason=f"{daemon} event from {minion}",
+                                                membership=False)
     return _concern("airflow_heal.remediate_service")(ctx, minion, daemon, claimed=status)
 
 

@@ -719,6 +719,22 @@ def lb_runtime_actions(table, backends, api_health_map, drained=()):
     return actions
 
 
+def lb_members_differ(backends_by_lb, masters):
+    """
+    Must the haproxy backends be rebuilt? True when any lb's servers (``haproxy_backends``
+    rows) are not exactly ``masters`` (the role record's api-server hosts), or when an lb did
+    not answer with rows (no evidence: rebuild rather than guess).
+    """
+    want = set(masters or [])
+    for rows in (backends_by_lb or {}).values():
+        if not isinstance(rows, list):
+            return True
+        names = {row.get("name") for row in rows if isinstance(row, dict)}
+        if names != want:
+            return True
+    return False
+
+
 def sessions_of(rows, server):
     """Current sessions of ``server`` in ``haproxy_backends`` rows (anything else: 0)."""
     total = 0

@@ -2,9 +2,10 @@
 haproxy follows the api-servers (Salt utility module ``airflow_lb``, master side).
 
 * ``reconcile``: debounced by a leader (below); sets dead api-servers to maint and recovered
-  ones back to ready over the admin socket (``lb_runtime_actions``), then refreshes the mine
-  and applies ``airflow.lb`` (new or removed masters; a reload keeps connections) and sets
-  the runtime states again.
+  ones back to ready over the admin socket (``lb_runtime_actions``); when the backends may have
+  changed (a request said so, or haproxy's servers differ from the role record's masters) it
+  then refreshes the mine, applies ``airflow.lb`` (a reload keeps connections) and sets the
+  runtime states again.
 * ``drain`` / ``undrain``: planned removal of an api-server without failed requests.
 
 Every function takes the runner's ``Context`` (``airflow_ops``) first.
@@ -67,15 +68,27 @@ def _stamps(ctx):
         return store.read_ts("lb.request"), store.read_ts("lb.first"), store.read_ts("lb.run")
 
 
-def _request(ctx):
-    """Register a reconcile request: its time in lb.request (and lb.first for a new burst)."""
+def _request(ctx, membership):
+    """Register a reconcile request: its time in lb.request (and lb.first for a new burst);
+    ``membership``: the backends themselves may have changed (lb.membership)."""
     store = ctx.store
     with store.short_lock("lb-request"):
         now = ctx.clock.now()  # taken under the lock: stamps are stored in the order taken
         store.write_ts("lb.request", now)
+        if membership:
+            store.write_ts("lb.membership", now)
         if ctx.core.starts_burst(store.read_ts("lb.first"), store.read_ts("lb.run")):
             store.write_ts("lb.first", now)
     return now
+
+
+def _take_membership_request(ctx):
+    """Was the slow path asked for since the last run? (read and cleared under the lock)"""
+    store = ctx.store
+    with store.short_lock("lb-request"):
+        asked = store.read_ts("lb.membership") is not None
+        store.clear_flag("lb.membership")
+    return asked
 
 
 def _start_run(ctx):
@@ -102,10 +115,15 @@ def _pending(ctx):
     return ctx.core.lb_pending(request, run, ctx.clock.now())
 
 
-def reconcile(ctx, reason="manual", quiet=None):
-    """Make haproxy follow the api-servers (see the module docstring)."""
+def reconcile(ctx, reason="manual", quiet=None, membership=True):
+    """
+    Make haproxy follow the api-servers (see the module docstring). ``membership`` False (a
+    health event of an api-server that is a backend already): the runtime states only, unless
+    haproxy's servers differ from the role record's masters or another request of the burst
+    asked for the backends to be rebuilt.
+    """
     quiet = float(ctx.conf["lb_quiet"] if quiet is None else quiet)
-    _request(ctx)
+    _request(ctx, membership)
     result = {"result": "coalesced"}
     while True:
         with ctx.store.lock("lb") as got:  # never waits: the holder is the leader
@@ -133,18 +151,26 @@ def _run(ctx, reason, start):
     health = _api_health(ctx, masters, present)
     drained = store.drained()
     actions = {}
+    # the slow path (mine + state.apply + reload) only when the backends themselves may have
+    # changed: a storm of health events about existing api-servers costs socket commands only
+    membership = _take_membership_request(ctx) or ctx.core.lb_members_differ(
+        {lb: ops.one(lb, "airflow_health.haproxy_backends") for lb in lbs}, masters)
     op = ctx.act("reconcile_lb", None, "api-server", reason)
     _set_runtime_states(ctx, lbs, health, drained, actions, recorded=True)
-    # slow path: backends from the mine (new/removed masters); a reload keeps connections
-    if present:
-        ops.cmd(present, "mine.update", tgt_type="list", timeout=conf["ping_timeout"] + 5)
-    # queue: wait for a state run already going on the lb node instead of failing
-    applied = ops.cmd(lbs, "state.apply", ["airflow.lb"], tgt_type="list",
-                      timeout=conf["lb_apply_timeout"], kwarg={"queue": True}) if lbs else {}
-    _set_runtime_states(ctx, lbs, health, drained, actions, recorded=True)  # a reload resets them
-    outcome = "ok" if ctx.core.lb_apply_ok(applied, lbs) else "partial"
-    op.done(outcome, health=health, runtime=actions, seconds=round(clock.now() - start, 1))
-    return {"result": outcome, "health": health, "runtime": actions}
+    outcome = "ok"
+    if membership:
+        # slow path: backends from the mine (new/removed masters); a reload keeps connections
+        if present:
+            ops.cmd(present, "mine.update", tgt_type="list", timeout=conf["ping_timeout"] + 5)
+        # queue: wait for a state run already going on the lb node instead of failing
+        applied = ops.cmd(lbs, "state.apply", ["airflow.lb"], tgt_type="list",
+                          timeout=conf["lb_apply_timeout"], kwarg={"queue": True}) if lbs else {}
+        _set_runtime_states(ctx, lbs, health, drained, actions, recorded=True)  # a reload resets them
+        outcome = "ok" if ctx.core.lb_apply_ok(applied, lbs) else "partial"
+    op.done(outcome, health=health, runtime=actions, backends_rebuilt=membership,
+            seconds=round(clock.now() - start, 1))
+    return {"result": outcome, "health": health, "runtime": actions,
+            "backends_rebuilt": membership}
 
 
 def drain(ctx, server, timeout=None):

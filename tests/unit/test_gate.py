@@ -88,8 +88,19 @@ def test_flood_admits_the_budget_and_audits_once(gate):
     assert (limited[0]["minion"], limited[0]["count"], limited[0]["outcome"]) == (
         "worker1", 21, "rate-limited")
     assert "previous_dropped" not in limited[0]
-    assert json.loads((gate.tmp / "rate" / "worker1.json").read_text())["count"] == 100
+    # the rest of the full window is refused from memory: one file write, not 80 ...
+    assert json.loads((gate.tmp / "rate" / "worker1.json").read_text())["count"] == 21
     assert gate.admit("master1") is True                           # its own budget
+    # ... and still counted: the next window reports all 80 the full one dropped
+    gate.clock.t += 10
+    assert gate.admit("worker1") is True
+    assert json.loads((gate.tmp / "rate" / "worker1.json").read_text())["previous_dropped"] == 80
+
+
+def test_a_clock_that_went_back_is_not_refused_from_memory(gate):
+    assert [gate.admit("worker1") for _ in range(21)][-1] is False
+    gate.clock.t -= 3600                       # before the full window's start: a new window
+    assert gate.admit("worker1") is True
 
 
 def test_window_resets_and_reports_what_the_last_one_dropped(gate):

@@ -643,6 +643,38 @@ def test_reconcile_sets_dead_api_server_to_maint(env):
     assert env.audit()[-1]["action"] == "reconcile_lb"
 
 
+def test_a_health_event_sets_runtime_states_without_rebuilding_the_backends(env):
+    # haproxy already has exactly the record's masters: a storm of api-server claims costs
+    # socket commands, no mine update, no state.apply, no reload
+    env.ops.handler = _lb_handler([{"name": "master1", "status": "UP"},
+                                   {"name": "master2", "status": "UP"}], {"master2": "down"})
+    res = env.rn.remediate("master2", "api-server")
+    assert res["backends_rebuilt"] is False and res["runtime"] == {"infra": [("master2", "maint", True)]}
+    assert "state.apply" not in env.ops.funs() and "mine.update" not in env.ops.funs()
+    # a master missing from haproxy (granted, not yet a backend): rebuilt, even from an event
+    env.clock.t += 5
+    env.ops.handler = _lb_handler([{"name": "master1", "status": "UP"}], {})
+    assert env.rn.remediate("master2", "api-server")["backends_rebuilt"] is True
+    assert "state.apply" in env.ops.funs()
+
+
+def test_membership_events_rebuild_the_backends(env):
+    env.ops.handler = _lb_handler([{"name": "master1", "status": "UP"},
+                                   {"name": "master2", "status": "UP"}], {})
+    assert env.rn.reconcile_lb("test")["backends_rebuilt"] is True   # an operator's reconcile
+    assert env.rn.key_deleted("master3")["lb"]["backends_rebuilt"] is True
+
+
+def test_lb_members_differ():
+    D = MODS["airflow_decide"]
+    rows = [{"name": "master1"}, {"name": "master2"}]
+    assert D.lb_members_differ({"infra": rows}, ["master1", "master2"]) is False
+    assert D.lb_members_differ({"infra": rows[:1]}, ["master1", "master2"]) is True
+    assert D.lb_members_differ({"infra": rows}, ["master1"]) is True
+    assert D.lb_members_differ({"infra": {"status": "error"}}, ["master1"]) is True  # no evidence
+    assert D.lb_members_differ({}, ["master1"]) is False  # no lb: nothing to rebuild
+
+
 def test_api_server_health_is_the_load_balancers_view_not_its_own(env):
     # master2 says it is fine; the lb node cannot get a healthy answer from it: out it goes.
     # master1 says it is down (a lie, or a forged event): the lb view keeps it in.
