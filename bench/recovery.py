@@ -264,11 +264,13 @@ assert list(ALL) == list(report.FAULTS), "bench.report.FAULTS and the drivers mu
 
 
 # ------------------------------------------------------------------ phases from the audit
-def phases(lab, t_wall, t_healthy_wall, node):
-    """detect / decide / act / verify of the first action on ``node`` after ``t_wall``."""
+def phases(lab, t_wall, t_healthy_wall, fault):
+    """detect / decide / act / verify of the runner's first action on the fault's daemon after
+    ``t_wall`` (none: systemd alone repaired it, e.g. a killed worker)."""
     recs = H.salt_run_json(lab, "airflow.audit_log", "limit=300") or []
+    daemons = {fault.unit_daemon, "haproxy"} if fault.unit_daemon == "api-server" else {fault.unit_daemon}
     intents = [r for r in recs if r.get("ts", 0) >= t_wall and r.get("action") == "intent"
-               and r.get("minion") in (node, None)]
+               and r.get("daemon") in daemons]
     if not intents:
         return {}
     first = intents[0]
@@ -294,7 +296,6 @@ def run_fault(lab, fault, run):
     settle(lab)
     floor = fault.restart_floor(lab, node)
     settle(lab)
-    t_wall, t0 = time.time(), time.monotonic()
     try:
         fault.inject(lab, node)
         t_inject_wall, t_inject = time.time(), time.monotonic()
@@ -308,8 +309,7 @@ def run_fault(lab, fault, run):
     if took is None:
         sample["error"] = f"not healthy within {HEALTHY_WITHIN}s"
     else:
-        sample["phases"] = phases(lab, t_inject_wall, t_healthy_wall, node)
-    del t_wall, t0
+        sample["phases"] = phases(lab, t_inject_wall, t_healthy_wall, fault)
     return sample, {"kind": "floor", "fault": fault.name, "run": run,
                     "floor_s": round(floor, 2) if floor is not None else None}
 
@@ -327,7 +327,8 @@ def beacon_cpu_per_minute(lab, node="worker1", seconds=60):
 
 def main():
     from lab import api as lab
-    if not H.api_server_healthy(lab, "master1") if lab.is_running("master1") else True:
+    if not all(lab.is_running(n) for n in lab.topology()) or not any(
+            H.api_server_healthy(lab, m) for m in ("master1", "master2")):
         print("make bench needs the deployed lab: run `make lab` first", file=sys.stderr)
         return 2
     runs = int(os.environ.get("BENCH_RUNS", "5"))
@@ -344,7 +345,6 @@ def main():
         log("beacon cost: salt-minion CPU over 60 s on worker1")
         meta = {"kind": "meta", "runs": runs, "ts": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "host_load": os.getloadavg()[0], "beacon_cpu_s_per_min": beacon_cpu_per_minute(lab)}
-        lines = [meta]
         SAMPLES.write_text(json.dumps(meta) + "\n")
         for name in wanted:
             for run in range(1, runs + 1):
@@ -353,13 +353,12 @@ def main():
                 log(f"{name}: run {run}: recovery {sample['recovery_s']} s, floor {floor['floor_s']} s"
                     f" {sample.get('phases') or sample.get('error') or ''}")
                 for rec in (sample, floor):
-                    lines.append(rec)
                     with SAMPLES.open("a") as fh:
                         fh.write(json.dumps(rec) + "\n")
     finally:
         H.salt_run_json(lab, "airflow.enforcement", "resume")
-    log(f"samples: {SAMPLES}")
-    return report.main([str(SAMPLES)])
+    log(f"samples: {SAMPLES} (next: python3 -m bench.report {SAMPLES.relative_to(REPO)})")
+    return 0
 
 
 if __name__ == "__main__":

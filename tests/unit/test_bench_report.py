@@ -184,3 +184,22 @@ def test_plot_writes_a_png(tmp_path, bench):
     report.plot(bench, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 10_000
+
+
+def test_the_driver_knows_every_fault_of_the_table():
+    from bench import recovery
+    assert list(recovery.ALL) == list(report.FAULTS)
+
+
+def test_phases_come_from_the_audit_records(monkeypatch):
+    """detect = intent time - decided_s - inject time; act = outcome - intent; verify = healthy - outcome."""
+    from bench import recovery
+    recs = [{"ts": 99.0, "action": "intent", "daemon": "worker", "id": "old"},
+            {"ts": 104.0, "action": "intent", "daemon": "worker", "id": "a", "decided_s": 1.5,
+             "intent": "restart"},
+            {"ts": 104.2, "action": "intent", "daemon": "scheduler", "id": "b"},
+            {"ts": 110.0, "action": "restart", "daemon": "worker", "id": "a", "outcome": "ok"}]
+    monkeypatch.setattr(recovery.H, "salt_run_json", lambda lab, *a, **k: recs)
+    got = recovery.phases(None, 100.0, 111.0, recovery.ALL["worker_hang"])
+    assert got == {"detect_s": 2.5, "decide_s": 1.5, "act_s": 6.0, "verify_s": 1.0, "action": "restart"}
+    assert recovery.phases(None, 100.0, 111.0, recovery.ALL["metastore_restart"]) == {}
