@@ -126,7 +126,9 @@ def test_three_drifts_are_corrected_by_the_schedule(lab, airflow_api, results_fi
         salt_run_json(lab, "airflow.enforcement", "pause")
         # whatever the outcome, leave the lab as the next test expects it
         sh(lab, master, "systemctl enable -q --now airflow-triggerer")
-        sh(lab, worker, f"sed -i '/^{HAND_EDIT}$/d' {CFG}")
+        # only where the edit is still there: `sed -i` rewrites a file (a new mtime) even when
+        # nothing matched, and the daemons' current-config check would then restart the worker
+        sh(lab, worker, f"grep -q '^{HAND_EDIT}$' {CFG} && sed -i '/^{HAND_EDIT}$/d' {CFG}")
         sh(lab, lb, f"grep -q '^{HAND_EDIT}$' {HAPROXY_CFG} && sed -i -e '/^{HAND_EDIT}$/d' "
                     f"-e 's/timeout client 7s/timeout client 120s/' {HAPROXY_CFG} && "
                     "systemctl reload haproxy")
