@@ -309,7 +309,12 @@ def run_fault(lab, fault, run):
     if took is None:
         sample["error"] = f"not healthy within {HEALTHY_WITHIN}s"
     else:
+        # the runner writes its outcome after its own verification, which may end after ours
+        deadline = time.monotonic() + 30
         sample["phases"] = phases(lab, t_inject_wall, t_healthy_wall, fault)
+        while sample["phases"] and "act_s" not in sample["phases"] and time.monotonic() < deadline:
+            time.sleep(1)
+            sample["phases"] = phases(lab, t_inject_wall, t_healthy_wall, fault)
     return sample, {"kind": "floor", "fault": fault.name, "run": run,
                     "floor_s": round(floor, 2) if floor is not None else None}
 
