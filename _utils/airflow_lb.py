@@ -38,14 +38,16 @@ def _api_health(ctx, masters, present):
     return ctx.lb_view(masters)
 
 
-def _set_runtime_states(ctx, lbs, health, drained, actions, recorded=False):
+def _set_runtime_states(ctx, lbs, health, drained, actions, recorded=False, rows=None):
     """
     The fast path: admin socket commands, no reload. Records what it did in ``actions``.
     ``recorded``: part of an action whose intent is recorded (reconcile_lb); otherwise each
-    lb's commands are an action of their own (``haproxy-set``: intent first).
+    lb's commands are an action of their own (``haproxy-set``: intent first). ``rows``: the
+    lbs' ``haproxy_backends`` answers when the caller has just read them.
     """
     for lb in lbs:
-        backends = ctx.ops.one(lb, "airflow_health.haproxy_backends")
+        backends = rows[lb] if rows and lb in rows else \
+            ctx.ops.one(lb, "airflow_health.haproxy_backends")
         commands = ctx.core.lb_runtime_actions(ctx.table, backends, health, drained)
         if not commands:
             continue
@@ -153,10 +155,10 @@ def _run(ctx, reason, start):
     actions = {}
     # the slow path (mine + state.apply + reload) only when the backends themselves may have
     # changed: a storm of health events about existing api-servers costs socket commands only
-    membership = _take_membership_request(ctx) or ctx.core.lb_members_differ(
-        {lb: ops.one(lb, "airflow_health.haproxy_backends") for lb in lbs}, masters)
+    rows = {lb: ops.one(lb, "airflow_health.haproxy_backends") for lb in lbs}  # read once
+    membership = _take_membership_request(ctx) or ctx.core.lb_members_differ(rows, masters)
     op = ctx.act("reconcile_lb", None, "api-server", reason)
-    _set_runtime_states(ctx, lbs, health, drained, actions, recorded=True)
+    _set_runtime_states(ctx, lbs, health, drained, actions, recorded=True, rows=rows)
     outcome = "ok"
     if membership:
         # slow path: backends from the mine (new/removed masters); a reload keeps connections

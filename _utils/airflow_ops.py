@@ -453,7 +453,7 @@ def enforcement_report(ctx, drift, minion):
     if error:
         ctx.audit("ignored", minion, None, f"malformed enforcement summary: {error}", "ignored")
         return {"result": "ignored", "reason": error}
-    seen = ctx.store.enforcement().get(minion) or {}
+    seen = ctx.store.read_json("enforce", minion) or {}  # this node only, not the whole dir
     if seen.get("run_id") == report["run_id"]:
         return {"result": "known", "minion": minion, "run_id": report["run_id"]}
     ctx.store.write_enforcement(minion, drift.status_row(report, ctx.clock.now()))

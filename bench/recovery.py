@@ -71,6 +71,16 @@ def _wait(fn, timeout, every=0.25):
     return None
 
 
+def _signal_all(lab, node, daemon, signal):
+    """Send ``signal`` to every process of the daemon's unit (SIGSTOP: a hang systemd cannot see)."""
+    H.sh(lab, node, f"systemctl kill --signal={signal} --kill-who=all {H.unit_of(daemon)}",
+         check=signal != "SIGCONT")
+
+
+def _kill9_main(lab, node, daemon):
+    H.sh(lab, node, f"kill -9 {H.main_pid(lab, node, H.unit_of(daemon))}", check=True)
+
+
 # ------------------------------------------------------------------ faults: (inject, healthy, cleanup)
 class Fault:
     """One fault: ``inject(lab)`` -> context; ``healthy(lab, ctx)``; ``floor(lab)`` -> seconds."""
@@ -105,7 +115,7 @@ class WorkerKill(Fault):
         return "worker1"
 
     def inject(self, lab, node):
-        H.sh(lab, node, f"kill -9 {H.main_pid(lab, node, H.unit_of('worker'))}", check=True)
+        _kill9_main(lab, node, "worker")
 
     def healthy(self, lab, node, t0):
         return _worker_ok(lab, node)
@@ -129,7 +139,7 @@ class SchedulerKill(Fault):
         return H.active_scheduler(lab) or "master1"
 
     def inject(self, lab, node):
-        H.sh(lab, node, f"kill -9 {H.main_pid(lab, node, H.unit_of('scheduler'))}", check=True)
+        _kill9_main(lab, node, "scheduler")
 
     def healthy(self, lab, node, t0):
         return bool(_fresh_heartbeat(lab, t0))
@@ -139,11 +149,10 @@ class SchedulerHang(SchedulerKill):
     name = "scheduler_hang"
 
     def inject(self, lab, node):
-        H.sh(lab, node, f"systemctl kill --signal=SIGSTOP --kill-who=all {H.unit_of('scheduler')}",
-             check=True)
+        _signal_all(lab, node, "scheduler", "SIGSTOP")
 
     def cleanup(self, lab, node):
-        H.sh(lab, node, f"systemctl kill --signal=SIGCONT --kill-who=all {H.unit_of('scheduler')}")
+        _signal_all(lab, node, "scheduler", "SIGCONT")
 
 
 class ApiServerStop(Fault):
@@ -164,14 +173,13 @@ class ApiServerHang(ApiServerStop):
     name = "api_server_hang"
 
     def inject(self, lab, node):
-        H.sh(lab, node, f"systemctl kill --signal=SIGSTOP --kill-who=all {H.unit_of('api-server')}",
-             check=True)
+        _signal_all(lab, node, "api-server", "SIGSTOP")
 
     def healthy(self, lab, node, t0):
         return not _backend_state(lab, node).startswith("UP")
 
     def cleanup(self, lab, node):
-        H.sh(lab, node, f"systemctl kill --signal=SIGCONT --kill-who=all {H.unit_of('api-server')}")
+        _signal_all(lab, node, "api-server", "SIGCONT")
 
     def restart_floor(self, lab, node):
         """haproxy's own view of a stopped server: stop -> out of the backend."""
