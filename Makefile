@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
+BENCH_VENV := .venv-bench
 
-.PHONY: host-deps venv lint check lab lab-down lab-status test-lab test-lab-extended test bench-memory clean
+.PHONY: host-deps venv lint check lab lab-down lab-status test-lab test-lab-extended test bench bench-memory bench-deps clean
 
 host-deps:
 	@tools/host-deps.sh
@@ -55,5 +56,22 @@ test: check test-lab
 bench-memory:
 	$(PYTHON) -m bench.lab_memory
 
+# The recovery bench's own venv: it installs its plotting library (matplotlib) itself, so the
+# test venv stays without it. bench/report.py draws results/bench.png with it.
+bench-deps: $(BENCH_VENV)/.installed
+$(BENCH_VENV)/.installed: bench/requirements.txt
+	@echo "== creating $(BENCH_VENV) (matplotlib for results/bench.png)"
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -r bench/requirements.txt
+	touch $@
+
+# Recovery bench on the deployed lab (`make lab` first): every fault BENCH_RUNS times (default 5)
+# beside its restart floor -> results/bench-samples.jsonl, bench.json, bench.png and the table.
+# Not part of `make test`: a test asserts, a bench measures. README's table: python3 -m bench.report --readme
+bench: venv bench-deps
+	$(PY) -m bench.recovery
+	$(BENCH_VENV)/bin/python -m bench.report results/bench-samples.jsonl
+
 clean:
-	rm -rf $(VENV) .pytest_cache results/*.json results/*.jsonl
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache results/*.json results/*.jsonl results/*.png

@@ -152,6 +152,7 @@ class Context:
         self.ops = ops
         self.table = table
         self.core = core
+        self.started = clock.now()  # the runner job's start: an intent says how long it decided
 
     def audit(self, action, minion=None, daemon=None, reason=None, outcome=None, **extra):
         """A record that is not an action (ignored, blocked, skipped ...): best effort."""
@@ -176,7 +177,8 @@ class Context:
         written = False
         try:
             self.store.audit("intent", minion, daemon, reason, "pending", strict=True,
-                             durable=True, intent=action, id=op_id, **extra)
+                             durable=True, intent=action, id=op_id,
+                             decided_s=round(self.clock.now() - self.started, 2), **extra)
             written = True
             if attempt:
                 self.store.record_attempt(minion, daemon)
