@@ -649,6 +649,32 @@ def daemons(role_list=None):
     return [row for row in rows if row["name"] in wanted]
 
 
+def address(cidr=None):
+    """
+    This node's addresses in the cluster network, pillar ``airflow:network:cidr`` (or ``cidr``):
+    the mine function ``airflow_address`` (pillar/airflow/init.sls), so the network is set in
+    one key only. ``[]`` (logged) when the key is missing or not a network: hosts.jinja then
+    finds no address for this node, and map.jinja fails the run naming the key.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' airflow_health.address
+    """
+    import ipaddress  # pylint: disable=import-outside-toplevel
+
+    cidr = cidr or (__pillar__.get("airflow", {}).get("network", {}) or {}).get("cidr")
+    try:
+        net = ipaddress.ip_network(str(cidr), strict=True)
+    except ValueError:
+        log.error("airflow_health.address: airflow:network:cidr is not a network: %r", cidr)
+        return []
+    fun = "network.ip_addrs6" if net.version == 6 else "network.ip_addrs"
+    # a loopback network (a one-host test site) needs the loopback addresses listed
+    return __salt__[fun](cidr=str(net), include_loopback=net.is_loopback)
+
+
 def roles():
     """
     Roles of this node (grain ``roles``, a list).

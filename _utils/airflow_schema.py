@@ -76,7 +76,8 @@ SCHEMA = {
     "extras": str_list(),
     "constraints": string(empty=True),
     "dags_folder": PATH,
-    "network:cidr": CIDR,
+    "network:cidr": dict(CIDR, required="the cluster network in CIDR notation (like 10.20.0.0/16), "
+                                        "a site value: set it in the site's pillar"),
     "scheduler:mode": enum("active-standby", "active-active"),
     "scheduler:active": MINION_ID,
     "scheduler:heartbeat_stale": number(above=0),
@@ -286,6 +287,8 @@ def _check(path, rule, value, valid_minion_id):
                 for key, item in value.items() if not valid(rule["values"], item, valid_minion_id)]
     if valid(rule, value, valid_minion_id):
         return []
+    if rule.get("required") and value in (None, ""):
+        return [f"airflow:{path} is required: {rule['required']}"]
     shown = _kind_of(value) if secret else show(value)
     return [f"airflow:{path} must be {expected(rule)}, not {shown}"]
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 from . import nodes
-from .common import SALT_IP, SALT_NODE, SECRETS, STATE, LabError, minions, progress, topology
+from .common import SALT_IP, SALT_NODE, SECRETS, STATE, SUBNET, LabError, minions, progress, topology
 
 SECRET_FILES = {
     "fernet": ("fernet_key",),
@@ -87,6 +87,28 @@ def pillar_files(sec: dict) -> dict[str, str]:
         body = "".join(f"    {k}: {json.dumps(sec[k])}\n" for k in keys)
         out[f"{PILLAR_SECRETS_DIR}/{name}.sls"] = "# written by the airflow lab driver\nairflow:\n  secrets:\n" + body
     return out
+
+
+# ------------------------------------------------------------------ the lab's site pillar
+#: The lab's own values (the formula ships none): its network, and knobs made short for tests.
+#: Written to the salt node like the secrets, as the site pillar every site has.
+SITE_PILLAR_FILE = "/etc/airflow-salt/pillar/airflow_site.sls"
+LAB_SITE_PILLAR = {
+    "airflow": {
+        "network": {"cidr": SUBNET},
+        # a hung worker counts after one missed ping (production: 2)
+        "healing": {"worker_ping_failures": 1},
+        # a hand edit is corrected within about two minutes (production: 30 min + 5 min splay);
+        # the lab tests pause it while they inject faults (salt-run airflow.enforcement pause)
+        "enforce": {"interval": 120, "splay": 30},
+    },
+}
+
+
+def site_pillar_text() -> str:
+    return ("# written by the airflow lab driver: the lab's site values (formula defaults: "
+            "salt/airflow/defaults.yaml)\n"
+            + json.dumps(LAB_SITE_PILLAR, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------ TLS of the load balancer
@@ -209,7 +231,8 @@ def setup_master() -> None:
     t0 = time.monotonic()
     _sh(SALT_NODE, MASTER_SCRIPT.format(pdir=PILLAR_SECRETS_DIR))
     # umask 077: the pillar files are 0600 root (the salt-master runs as root)
-    for path, body in {**pillar_files(load_secrets()), **tls_pillar_files()}.items():
+    site = {SITE_PILLAR_FILE: site_pillar_text()}
+    for path, body in {**pillar_files(load_secrets()), **tls_pillar_files(), **site}.items():
         nodes.exec_on(SALT_NODE, ["/bin/sh", "-c", f"umask 077; cat > {path}.tmp && chmod 0600 {path}.tmp "
                                                    f"&& mv {path}.tmp {path}"],
                       input=body)

@@ -1,11 +1,7 @@
 # Example production site pillar: copy to /etc/airflow-salt/pillar/airflow_site.sls and adapt.
 # (Secrets stay in /etc/airflow-salt/pillar/airflow/secrets/*.sls, never here.)
 #
-# mine_functions:
-#   airflow_address:
-#     mine_function: network.ip_addrs
-#     cidr: 10.20.0.0/16
-#
+# The cluster network is required (the mine function airflow_address follows this one key).
 # airflow:
 #   network:
 #     cidr: 10.20.0.0/16

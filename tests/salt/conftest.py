@@ -22,8 +22,8 @@ Fixtures (session scope; reuse them in other tests/salt/test_*.py, e.g. test_hea
     dict role-name -> running SaltMinion factory (each granted the same roles in the role record
     ``etc/roles.yaml``): ``master1`` (grain roles [airflow-master]),
     ``master2`` ([airflow-master]), ``worker1`` ([airflow-worker]), ``infra`` ([airflow-db,
-    airflow-broker, airflow-lb]). Minion id == key. Mine (``airflow_address``, cidr 127.0.0.0/8 set
-    by the test airflow_site.sls) is updated at start, so every minion's address is 127.0.0.1.
+    airflow-broker, airflow-lb]). Minion id == key. Mine (``airflow_address``: airflow_health.address in the
+    test airflow_site.sls network 127.0.0.0/8) is updated at start, so every minion's address is 127.0.0.1.
     ``saltutil.sync_all`` ran at start, as orch.deploy does (custom modules + utils: the states
     read the daemon table through them). Each minion's config dir (``factory.config_dir``) stands
     in for /etc/salt: node settings file, beacon config, role markers.
@@ -74,8 +74,9 @@ SITE_FILES = {
     "airflow/files/worker1/airflow-daemon.service.jinja": "# site override of {{ name }} for worker1\n",
 }
 
+# The test site's own pillar: its network only (the mine function follows it: one host, so the
+# loopback network and every minion's address is 127.0.0.1).
 SITE_PILLAR = {
-    "mine_functions": {"airflow_address": {"mine_function": "network.ip_addrs", "cidr": "127.0.0.0/8", "include_loopback": True}},
     "airflow": {"network": {"cidr": "127.0.0.0/8"}},
 }
 
@@ -197,11 +198,12 @@ def salt_minions(salt_master):
         try:
             list(pool.map(lambda f: f.start(), minions.values()))
             cli = salt_master.salt_cli(timeout=120)  # a loaded host answers slowly
+            # as orch.deploy does; first: the mine function (airflow_health.address) is custom
+            ret = cli.run("saltutil.sync_all", minion_tgt="*")
+            assert ret.returncode == 0, ret
             ret = cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="*")
             assert ret.returncode == 0, ret
             ret = cli.run("mine.update", minion_tgt="*")
-            assert ret.returncode == 0, ret
-            ret = cli.run("saltutil.sync_all", minion_tgt="*")  # as orch.deploy does
             assert ret.returncode == 0, ret
             yield minions
         finally:

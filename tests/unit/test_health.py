@@ -555,3 +555,18 @@ def test_probe_superseded_scheduler_yields_before_it_heartbeats(node, monkeypatc
     node(scheduler_mode="active-active")
     monkeypatch.setattr(ah, "_hostname", lambda: "master1")
     assert ah.probe("scheduler")["status"] == "ok"
+
+
+def test_address_follows_the_one_network_key(monkeypatch):
+    """The mine function airflow_address: this node's addresses in airflow:network:cidr."""
+    calls = []
+    monkeypatch.setattr(ah, "__salt__", {
+        "network.ip_addrs": lambda cidr, include_loopback: calls.append((cidr, include_loopback)) or ["10.20.3.4"],
+        "network.ip_addrs6": lambda cidr, include_loopback: ["fd00::4"]}, raising=False)
+    monkeypatch.setattr(ah, "__pillar__", {"airflow": {"network": {"cidr": "10.20.0.0/16"}}}, raising=False)
+    assert ah.address() == ["10.20.3.4"] and calls == [("10.20.0.0/16", False)]
+    assert ah.address(cidr="127.0.0.0/8") == ["10.20.3.4"] and calls[-1] == ("127.0.0.0/8", True)
+    assert ah.address(cidr="fd00::/64") == ["fd00::4"]
+    monkeypatch.setattr(ah, "__pillar__", {"airflow": {}}, raising=False)
+    assert ah.address() == []                        # no network: no address (map.jinja names the key)
+    assert ah.address(cidr="10.20.0.5/16") == []     # not a network

@@ -3,6 +3,7 @@ import copy
 import importlib.util
 import logging
 import pathlib
+import sys
 
 import jinja2
 import pytest
@@ -22,9 +23,14 @@ def _load(name, rel):
 S = _load("schema_test_airflow_schema", "_utils/airflow_schema.py")
 T = _load("schema_test_airflow_daemons", "_utils/airflow_daemons.py")
 M = _load("airflow_pillar_mod", "_modules/airflow_pillar.py")
+sys.path.insert(0, str(ROOT))
+from lab import saltsetup as SALTSETUP  # noqa: E402  the lab's site pillar
 M.__utils__ = {f"{mod.__virtualname__}.{n}": f for mod in (S, T) for n, f in vars(mod).items()
                if callable(f) and not n.startswith("_")}
-DEFAULTS = yaml.safe_load((ROOT / "salt/airflow/defaults.yaml").read_text())["airflow"]
+FORMULA_DEFAULTS = yaml.safe_load((ROOT / "salt/airflow/defaults.yaml").read_text())["airflow"]
+# defaults.yaml plus the one value every site must set (the cluster network has no default)
+DEFAULTS = copy.deepcopy(FORMULA_DEFAULTS)
+DEFAULTS["network"]["cidr"] = "10.77.0.0/24"
 VALID_ID = T.valid_minion_id
 
 
@@ -75,15 +81,21 @@ def _merge(base, over):
 def _example_pillar():
     """pillar/examples/production.sls without its comment marks (the example is all comments)."""
     text = (ROOT / "pillar/examples/production.sls").read_text()
-    body = text.split("\n# mine_functions:", 1)[1].split("\n#\n# More workers", 1)[0]
-    return yaml.safe_load("\n".join(line[2:] for line in ("# mine_functions:" + body).splitlines()))
+    body = text.split("\n# airflow:", 1)[1].split("\n#\n# More workers", 1)[0]
+    return yaml.safe_load("\n".join(line[2:] for line in ("# airflow:" + body).splitlines()))
 
 
 def test_defaults_lab_and_example_pillars_pass():
     assert S.errors(DEFAULTS, VALID_ID) == []
     assert S.unknown(DEFAULTS) == []
-    lab = yaml.safe_load(jinja2.Template((ROOT / "pillar/airflow/init.sls").read_text()).render())
-    assert S.errors(_merge(DEFAULTS, lab["airflow"]), VALID_ID) == []
+    # the formula's own pillar holds no site value: only the mine function, which follows
+    # airflow:network:cidr (no second copy of the network)
+    shipped = yaml.safe_load(jinja2.Template((ROOT / "pillar/airflow/init.sls").read_text()).render())
+    assert shipped == {"mine_functions": {"airflow_address": {
+        "mine_function": "airflow_health.address"}}}
+    # the lab's site pillar (written by the lab driver) over the formula's defaults
+    lab = yaml.safe_load(SALTSETUP.site_pillar_text())
+    assert S.errors(_merge(FORMULA_DEFAULTS, lab["airflow"]), VALID_ID) == []
     example = _example_pillar()["airflow"]
     assert example["broker"]["scheme"] == "amqps" and example["worker"]["queues"] == ["default", "heavy"]
     merged = _merge(DEFAULTS, example)
@@ -362,3 +374,10 @@ def test_module_without_utils_says_how_to_fix(monkeypatch):
     monkeypatch.setattr(M, "__utils__", {})
     with pytest.raises(CommandExecutionError, match="saltutil.sync_all"):
         M.check({})
+
+
+def test_the_cluster_network_is_required_and_has_no_default():
+    assert FORMULA_DEFAULTS["network"]["cidr"] == ""
+    errs = S.errors(FORMULA_DEFAULTS, VALID_ID)
+    assert len(errs) == 1 and errs[0].startswith("airflow:network:cidr is required: "), errs
+    assert _errors("network:cidr", None)[0].startswith("airflow:network:cidr is required")

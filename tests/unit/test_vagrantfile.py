@@ -67,3 +67,10 @@ def test_vagrant_validate(tmp_path):
                        timeout=120, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin",
                                          "VAGRANT_HOME": str(tmp_path / ".vagrant.d")})
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_the_vagrant_site_pillar_sets_its_own_network():
+    # the formula ships no site value: the Vagrantfile writes its site pillar (network only)
+    t = text()
+    assert "/etc/airflow-salt/pillar/airflow_site.sls" in t
+    assert "cidr: #{NET}.0/24" in t and "#{SITE_PILLAR}" in t
