@@ -1,8 +1,8 @@
 """
 Scheduled enforcement of the Airflow states, node side (execution module ``airflow_enforce``).
 
-The minion's schedule ``airflow-enforce`` (salt/airflow/enforce, interval and splay from pillar
-``airflow:enforce``) calls ``run``. One run:
+The minion's schedule job ``airflow-enforce-highstate`` (pillar ``schedule:``, derived from
+``airflow:enforce`` by the master's ext_pillar _pillar/airflow_enforce.py) calls ``run``. One run:
 
 1. skips when a state run is already running here (an orchestration, a manual highstate), or
    when the master says to wait: pillar ``airflow_pause`` (pillar/airflow/pause.sls, computed

@@ -306,6 +306,8 @@ def reconcile():
                    "fence": _util("airflow_scheduler.fence"),
                    "fence_split_now": _util("airflow_scheduler.fence_split_now")},
         lb={"lb_runtime": _util("airflow_lb.runtime")},
+        enforce={"watch": lambda ctx, minions: _util("airflow_ops.enforcement_watch")(
+            ctx, _util("airflow_drift.api")(), minions)},
     )
 
 

@@ -13,6 +13,9 @@ Every minion runs its highstate on a Salt schedule (salt/airflow/enforce, functi
 * ``parse_report``  the runner's check of a summary as a minion returned it (the minion wrote
   it: every field bounded and typed, anything else is refused with a reason)
 * ``audit_fields``  what goes into the audit record and the ``airflow/drift`` event
+* ``schedule_job``  the merged ``airflow:enforce`` settings -> the minion's schedule job, as the
+  master's ext_pillar (_pillar/airflow_enforce.py) gives it in pillar ``schedule:``
+* ``stale_since``   the periodic reconcile's check that a node's schedule still fires
 
 ``tests/unit/test_drift.py`` covers every branch.
 """
@@ -37,6 +40,14 @@ BUSY_MAX_AGE = 900
 #: state functions that cannot dry-run: under ``test=True`` they always answer result None
 #: ("would have been run") whatever the node looks like, so their None is no drift
 NO_DRY_RUN = ("saltutil.", "loop.")
+#: the minion's schedule job of scheduled enforcement. It comes from pillar (``schedule:``,
+#: _pillar/airflow_enforce.py), so every pillar refresh and every minion start restores it.
+JOB = "airflow-enforce-highstate"
+#: the job's former name: kept in minion.d/_schedule.conf by schedule.present; the minion's
+#: running copy was seen lost after a salt-master restart (salt/airflow/enforce removes it)
+LEGACY_JOB = "airflow-enforce"
+#: a node whose newest scheduled run is older than this many (interval + splay) is stale
+STALE_PERIODS = 2
 _STATE_ID_RE = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,200}$")
 _FUN_RE = re.compile(r"^[a-z0-9_]{1,40}\.[a-z0-9_]{1,40}$")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:/@+ -]{1,120}$")
@@ -80,6 +91,47 @@ def pause_reason(maintenance, enforcement_paused, deployed, require_deploy, busy
                 and 0 <= now - since <= BUSY_MAX_AGE:
             return f"a remediation is acting on this node ({busy.get('action') or '?'})"
     return None
+
+
+# ====================================================================== the schedule
+def schedule_job(enforce):
+    """
+    The schedule job (Salt's minion schedule format) of the merged ``airflow:enforce``
+    settings ``{enabled, mode, interval, splay}``, or None when enforcement is off. The values
+    are checked by the schema (_utils/airflow_schema.py) first; a value that is still not
+    usable here gives None (no schedule rather than a wrong one) and the highstate's render
+    names the key.
+    """
+    if not isinstance(enforce, dict) or enforce.get("enabled") is not True:
+        return None
+    interval, splay, mode = enforce.get("interval"), enforce.get("splay"), enforce.get("mode")
+    if mode not in MODES or not all(isinstance(v, int) and not isinstance(v, bool)
+                                    for v in (interval, splay)) or interval < 60 or splay < 0:
+        return None
+    return {"function": "airflow_enforce.run", "kwargs": {"mode": mode},
+            "seconds": interval, "splay": splay, "maxrunning": 1,
+            "return_job": False, "run_on_start": False}
+
+
+def stale_since(job, last_run, watched_since, now):
+    """
+    How many seconds a node's scheduled enforcement is overdue (None: it is not).
+    ``job``           the node's schedule job as its pillar holds it (``schedule_job``; None:
+                      enforcement is off there, never stale)
+    ``last_run``      time of its newest reported run (None: none yet)
+    ``watched_since`` since when it may run: the latest of the runner's first sight of the
+                      node and the last time a pause held it (a paused node does not run)
+    A node is stale when neither happened within STALE_PERIODS x (interval + splay).
+    """
+    if not isinstance(job, dict):
+        return None
+    try:
+        period = int(job["seconds"]) + int(job.get("splay") or 0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    newest = max(t for t in (last_run, watched_since, 0) if isinstance(t, (int, float)))
+    overdue = now - newest - STALE_PERIODS * period
+    return round(overdue, 1) if overdue > 0 else None
 
 
 # ====================================================================== what did it change?

@@ -104,6 +104,22 @@ class SaltOps:
             log.error("airflow healing: grains cache unreadable: %s", exc)
             return {}
 
+    def cached_pillars(self, minions):
+        """{minion: pillar} as the master last served it to each minion (its data cache; no
+        compile): what the minion's own schedule is built from."""
+        import salt.utils.master  # pylint: disable=import-outside-toplevel
+
+        if not minions:
+            return {}
+        try:
+            util = salt.utils.master.MasterPillarUtil(
+                list(minions), "list", use_cached_grains=True, grains_fallback=False,
+                use_cached_pillar=True, pillar_fallback=False, opts=self.opts)
+            return util.get_minion_pillar() or {}
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("airflow healing: pillar cache unreadable: %s", exc)
+            return {}
+
     def pillar(self, minion, grains):
         """The compiled pillar of ``minion`` on the master ({} if it cannot be compiled)."""
         import salt.pillar  # pylint: disable=import-outside-toplevel
@@ -465,3 +481,46 @@ def enforcement_report(ctx, drift, minion):
                   outcome, **fields)
         ctx.ops.fire(f"airflow/drift/{minion}", dict(fields, minion=minion))
     return {"result": report["result"], "minion": minion, "run_id": report["run_id"]}
+
+
+def enforcement_watch(ctx, drift, minions):
+    """
+    The periodic reconcile's check that scheduled enforcement still fires on ``minions``
+    (present members of the role record). A node is stale when its pillar (as the master last
+    served it) holds the schedule job and neither its newest reported run nor the last pause
+    that held it is within ``drift.STALE_PERIODS`` x (interval + splay)
+    (``drift.stale_since``). A stale node gets ``saltutil.refresh_pillar``, which merges the
+    pillar's job into its running schedule again, plus one ``enforce-stale`` audit record and
+    an ``airflow/alert/enforce/stale`` event, at most once per period. Returns
+    {minion: seconds overdue} of the nodes it acted on.
+    """
+    store, now = ctx.store, ctx.clock.now()
+    flags = {"maintenance": store.flag("maintenance"),
+             "enforcement_paused": store.flag("enforcement-paused"),
+             "deployed": store.flag("deployed"), "require_deploy": ctx.conf["require_deploy"]}
+    pillars = ctx.ops.cached_pillars(minions)
+    acted = {}
+    for minion in minions:
+        job = ((pillars.get(minion) or {}).get("schedule") or {}).get(drift.JOB)
+        watch = store.read_json("enforce-watch", minion) or {}
+        paused = drift.pause_reason(busy=store.busy(minion), now=now, **flags)
+        if not isinstance(job, dict) or paused or not isinstance(watch.get("since"), (int, float)):
+            # off, held by a pause or first seen: it may run from now on
+            store.update_json(("enforce-watch", minion), lambda old: ({"since": now}, None))
+            continue
+        last = (store.read_json("enforce", minion) or {}).get("recorded")
+        overdue = drift.stale_since(job, last, watch["since"], now)
+        period = int(job["seconds"]) + int(job.get("splay") or 0)
+        if overdue is None or now - (watch.get("acted") or 0) < period:
+            continue
+        store.update_json(("enforce-watch", minion),
+                          lambda old: (dict(old or {}, acted=now), None))
+        refreshed = ctx.ops.one(minion, "saltutil.refresh_pillar", timeout=ctx.conf["probe_timeout"])
+        ctx.audit("enforce-stale", minion, None,
+                  f"no scheduled enforcement run for {round(now - max(last or 0, watch['since']))} s"
+                  f" (interval + splay {period} s): pillar refreshed", "refreshed"
+                  if refreshed else "no-answer", overdue=overdue)
+        ctx.ops.fire("airflow/alert/enforce/stale", {"minion": minion, "overdue": overdue,
+                                                     "last_run": last})
+        acted[minion] = overdue
+    return acted

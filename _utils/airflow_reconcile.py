@@ -14,6 +14,9 @@ haproxy view when nothing differs:
 * any other daemon that is dead goes through the normal remediation (re-probe, dependency,
   damping, audit);
 * haproxy's runtime server states follow the api-servers' health (the lb fast path);
+* a node whose scheduled enforcement stopped firing gets its pillar refreshed (which restores
+  the pillar's schedule job) and an ``airflow/alert/enforce/stale`` event
+  (``airflow_ops.enforcement_watch``);
 * a minion whose ``roles`` grain claims a role the role record does not grant is reported
   (one ``refused`` audit record and an ``airflow/alert/roles/claim`` event per new claim).
 
@@ -32,10 +35,11 @@ def __virtual__():
     return __virtualname__
 
 
-def reconcile(ctx, heal, scheduler, lb):
+def reconcile(ctx, heal, scheduler, lb, enforce):
     """
-    One reconcile pass; ``heal``, ``scheduler``, ``lb``: the concern functions
-    ``{remediate_service, remediate, fence_split, fence, lb_runtime}`` the runner resolved.
+    One reconcile pass; ``heal``, ``scheduler``, ``lb``, ``enforce``: the concern functions
+    ``{remediate_service, remediate, fence_split, fence, lb_runtime, watch}`` the runner
+    resolved.
     Returns ``{result, plan, done}``; audits one ``reconcile`` record only when it acted.
     """
     core, ops, clock = ctx.core, ctx.ops, ctx.clock
@@ -72,6 +76,9 @@ def reconcile(ctx, heal, scheduler, lb):
         runtime = lb["lb_runtime"](ctx, cache, present)
         if runtime:
             done["haproxy"] = runtime
+        stale = enforce["watch"](ctx, present)
+        if stale:
+            done["enforce-stale"] = stale
         took = round(clock.now() - start, 1)
         if done:
             ctx.audit("reconcile", None, None, "periodic reconcile", "acted", plan=plan,

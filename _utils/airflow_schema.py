@@ -257,6 +257,12 @@ def _lookup(config, path):
     return True, node, None
 
 
+def section(prefix):
+    """The schema's rules under ``prefix`` (``enforce``: ``enforce:mode``, ...), to check one
+    section (_pillar/airflow_enforce.py)."""
+    return {path: rule for path, rule in SCHEMA.items() if path.startswith(prefix + ":")}
+
+
 def errors(config, valid_minion_id, schema=None):
     """
     Every schema error of the merged settings ``config`` (the ``airflow`` dict), one message

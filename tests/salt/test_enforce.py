@@ -1,7 +1,7 @@
 """Scheduled enforcement on a real master + minions (issue 10, fast tier).
 
-The schedule's rendering from pillar airflow:enforce (defaults.yaml + the lab pillar + overrides),
-switched off, and a bad value; a report-mode run (test=True: nothing applied) end to end: the
+The schedule job from pillar airflow:enforce (the master's ext_pillar: defaults.yaml + the site's
+pillar), in the minion's running schedule; switched off, a bad value, a minion without a role; a report-mode run (test=True: nothing applied) end to end: the
 minion's fresh pillar says it may run, its summary names state IDs only, the master's reactor
 and runner fetch it and audit the drift; maintenance makes the next run skip without a
 highstate. Nothing changes on the host: report mode is test=True.
@@ -11,9 +11,13 @@ import os
 import time
 
 import pytest
+import yaml
 from conftest import audit_records, parse_states
 
 pytestmark = pytest.mark.timeout(300)
+
+
+JOB = "airflow-enforce-highstate"
 
 
 def _show(salt_cli, minion, pillar=None):
@@ -22,19 +26,58 @@ def _show(salt_cli, minion, pillar=None):
     return ret, parse_states(ret.data) if isinstance(ret.data, dict) else None
 
 
-def test_schedule_renders_from_pillar(salt_cli):
-    _, states = _show(salt_cli, "worker1")
-    job = states["airflow-enforce-schedule"]
-    assert job["fun"] == "schedule.present" and job["name"] == "airflow-enforce"
-    assert job["function"] == "airflow_enforce.run" and job["job_kwargs"] == {"mode": "enforce"}
+def _master_pillar(salt_run_cli, minion):
+    """The pillar the master compiles for ``minion`` (pillar_roots + the ext_pillar)."""
+    ret = salt_run_cli.run("pillar.show_pillar", minion)
+    assert ret.returncode == 0 and isinstance(ret.data, dict), ret
+    return ret.data
+
+
+@pytest.fixture
+def site_enforce(airflow_salt_paths):
+    """Write airflow:enforce into the test site's pillar (airflow_site.sls); restored after."""
+    path = os.path.join(airflow_salt_paths["etc"], "pillar", "airflow_site.sls")
+    with open(path) as fh:
+        original = fh.read()
+
+    def write(enforce):
+        site = yaml.safe_load(original) or {}
+        site.setdefault("airflow", {})["enforce"] = enforce
+        with open(path, "w") as fh:
+            yaml.safe_dump(site, fh)
+
+    yield write
+    with open(path, "w") as fh:
+        fh.write(original)
+
+
+def test_schedule_job_comes_from_pillar(salt_cli, salt_run_cli, site_enforce):
+    # the running schedule of the minion holds the pillar's job (merged at its pillar refresh)
+    ret = salt_cli.run("schedule.list", "show_all=True", "return_yaml=False", minion_tgt="worker1")
+    job = (ret.data or {}).get(JOB) or {}
+    assert job.get("function") == "airflow_enforce.run" and job.get("kwargs") == {"mode": "enforce"}, ret.data
     # defaults.yaml (this test site sets no airflow:enforce)
     assert (job["seconds"], job["splay"], job["maxrunning"]) == (1800, 300, 1)
-    _, states = _show(salt_cli, "infra", {"airflow": {"enforce": {
-        "mode": "report", "interval": 3600, "splay": 600}}})
-    job = states["airflow-enforce-schedule"]
-    assert (job["job_kwargs"], job["seconds"], job["splay"]) == ({"mode": "report"}, 3600, 600)
-    _, states = _show(salt_cli, "infra", {"airflow": {"enforce": {"enabled": False}}})
-    assert states["airflow-enforce-schedule"]["fun"] == "schedule.absent"
+    # the state (rendered before the site pillar below turns bad) keeps only the removal of the former persisted copy
+    _, states = _show(salt_cli, "worker1")
+    legacy = states["airflow-enforce-legacy-schedule"]
+    assert legacy["fun"] == "schedule.absent" and legacy["name"] == "airflow-enforce"
+    # the site's airflow:enforce, as the master's ext_pillar derives the job
+    site_enforce({"mode": "report", "interval": 3600, "splay": 600})
+    job = _master_pillar(salt_run_cli, "infra")["schedule"][JOB]
+    assert (job["kwargs"], job["seconds"], job["splay"]) == ({"mode": "report"}, 3600, 600)
+    # switched off, or a bad value: no job (the highstate's render names the key, below)
+    site_enforce({"enabled": False})
+    assert JOB not in (_master_pillar(salt_run_cli, "infra").get("schedule") or {})
+    site_enforce({"interval": 5})
+    assert JOB not in (_master_pillar(salt_run_cli, "infra").get("schedule") or {})
+
+
+def test_a_minion_without_a_role_gets_no_job(salt_run_cli, airflow_salt_paths):
+    roles = yaml.safe_load(open(os.path.join(airflow_salt_paths["etc"], "roles.yaml")))
+    outsider = "not-a-member"
+    assert outsider not in roles
+    assert JOB not in (_master_pillar(salt_run_cli, outsider).get("schedule") or {})
 
 
 @pytest.mark.parametrize("bad, key", [({"mode": "apply"}, "airflow:enforce:mode"),

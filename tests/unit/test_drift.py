@@ -206,3 +206,29 @@ def test_pause_and_resume_are_audited_and_reach_the_pillar_gate(env, tmp_path):
     assert gate.enforce_pause("worker2") == {"reason": "maintenance is on"}
     assert [r["outcome"] for r in env.audit() if r["action"] == "enforcement"] == ["paused", "resumed"]
     assert env.rn.enforcement("junk")["result"] == "error"
+
+
+# ------------------------------------------------------------------ the schedule job and its watch
+def test_schedule_job_of_the_merged_settings():
+    job = D.schedule_job({"enabled": True, "mode": "report", "interval": 600, "splay": 60})
+    assert job == {"function": "airflow_enforce.run", "kwargs": {"mode": "report"},
+                   "seconds": 600, "splay": 60, "maxrunning": 1, "return_job": False,
+                   "run_on_start": False}
+    for bad in ({"enabled": False, "mode": "enforce", "interval": 600, "splay": 0},
+                {"enabled": "yes", "mode": "enforce", "interval": 600, "splay": 0},
+                {"enabled": True, "mode": "apply", "interval": 600, "splay": 0},
+                {"enabled": True, "mode": "enforce", "interval": 59, "splay": 0},
+                {"enabled": True, "mode": "enforce", "interval": 600, "splay": -1},
+                {"enabled": True, "mode": "enforce", "interval": True, "splay": 0},
+                None):
+        assert D.schedule_job(bad) is None, bad
+
+
+def test_stale_since_counts_from_the_newest_of_run_and_watch():
+    job = {"seconds": 120, "splay": 30}
+    assert D.stale_since(job, last_run=1000, watched_since=0, now=1300) is None
+    assert D.stale_since(job, last_run=1000, watched_since=0, now=1310.5) == 10.5
+    assert D.stale_since(job, last_run=None, watched_since=1200, now=1400) is None
+    assert D.stale_since(job, last_run=100, watched_since=1200, now=1600) == 100
+    assert D.stale_since(None, last_run=None, watched_since=0, now=10 ** 9) is None
+    assert D.stale_since({"seconds": "x"}, last_run=None, watched_since=0, now=10 ** 9) is None

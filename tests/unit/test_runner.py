@@ -132,6 +132,9 @@ class FakeOps:
     def pillar(self, minion, grains):
         return self.pillar_data
 
+    def cached_pillars(self, minions):
+        return {m: p for m, p in getattr(self, "cached", {}).items() if m in minions}
+
     def fire(self, tag, data):
         self.fired.append((tag, data))
 
@@ -946,3 +949,65 @@ def test_damping_survives_a_flood_of_other_audit_records(env):
     env.clock.t += 11                              # a fresh rate-limit window
     assert env.rn.remediate("worker1", "worker")["result"] == "damped"
     assert len(ctx.store.attempts("worker1", "worker")) == 3
+
+
+# ------------------------------------------------------------------ enforcement watch
+ENFORCE_JOB = {"function": "airflow_enforce.run", "seconds": 120, "splay": 30}
+
+
+def _stale_setup(env):
+    env.ops.cached = {"worker1": {"schedule": {"airflow-enforce-highstate": dict(ENFORCE_JOB)}}}
+    refreshed = []
+
+    def handler(minion, fun, args):
+        if fun == "saltutil.refresh_pillar":
+            refreshed.append(minion)
+        return True
+    env.ops.handler = handler
+    return refreshed
+
+
+def _stale_records(env):
+    return [r for r in env.audit() if r["action"] == "enforce-stale"]
+
+
+def test_a_node_whose_schedule_stopped_firing_gets_its_pillar_refreshed_and_an_alert(env):
+    refreshed = _stale_setup(env)
+    env.rn.reconcile()  # first sight: worker1 may run from now on
+    env.clock.t += 2 * 150 - 1
+    env.rn.reconcile()
+    assert refreshed == [] and _stale_records(env) == []
+    env.clock.t += 2  # 2 x (interval + splay) without a run
+    done = env.rn.reconcile()["done"]
+    assert refreshed == ["worker1"] and list(done["enforce-stale"]) == ["worker1"]
+    [rec] = _stale_records(env)
+    assert rec["minion"] == "worker1" and rec["outcome"] == "refreshed"
+    assert [t for t, _ in env.ops.fired if t == "airflow/alert/enforce/stale"] == [
+        "airflow/alert/enforce/stale"]
+    # once per period, not every pass
+    env.clock.t += 30
+    env.rn.reconcile()
+    assert refreshed == ["worker1"]
+    # a run reported since: in time again
+    env.ops.handler = lambda minion, fun, args: True
+    env.tmp.joinpath("enforce").mkdir(exist_ok=True)
+    env.tmp.joinpath("enforce", "worker1.json").write_text(json.dumps({"recorded": env.clock.now()}))
+    env.clock.t += 200
+    env.rn.reconcile()
+    assert len(_stale_records(env)) == 1
+
+
+def test_a_paused_node_or_one_without_the_job_is_never_stale(env):
+    refreshed = _stale_setup(env)
+    env.rn.reconcile()
+    (env.tmp / "enforcement-paused").write_text("x")
+    for _ in range(3):
+        env.clock.t += 400
+        env.rn.reconcile()
+    (env.tmp / "enforcement-paused").unlink()
+    env.clock.t += 299  # the pause held it until the last pass: not overdue yet
+    env.rn.reconcile()
+    env.ops.cached = {}  # enforcement off there: no job in its pillar
+    env.clock.t += 1000
+    env.rn.reconcile()
+    assert refreshed == [] and _stale_records(env) == []

@@ -4,27 +4,14 @@
     without a person. mode enforce applies, report runs test=True (drift reported, nothing
     applied). A run waits while the master says so (pillar airflow_pause: maintenance, the
     enforcement pause, orch.deploy, a remediation on this node) or a state run is running here.
-    The schedule lives in the running minion and, persisted by Salt, in minion.d/_schedule.conf.
-    enabled: false takes it away (airflow.enforce.clean does the same on a node without a role). -#}
+    The job is pillar `schedule:airflow-enforce-highstate`, derived from airflow:enforce by the
+    master's ext_pillar (_pillar/airflow_enforce.py): Salt merges it into the running schedule at
+    every pillar refresh and minion start, so it cannot be lost for good (enabled: false, or no
+    role in the role record: no job). This state only removes the job's former copy, which
+    schedule.present kept in minion.d/_schedule.conf under another name; map.jinja's schema check
+    fails it naming the key when airflow:enforce is bad (the ext_pillar then gives no job). -#}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ '/map.jinja' import airflow with context %}
-{%- set enforce = airflow.enforce %}
-{%- if enforce.enabled|to_bool %}
-
-airflow-enforce-schedule:
-  schedule.present:
-    - name: airflow-enforce
-    - function: airflow_enforce.run
-    - job_kwargs:
-        mode: {{ enforce.mode|tojson }}
-    - seconds: {{ enforce.interval|int }}
-    - splay: {{ enforce.splay|int }}
-    - maxrunning: 1
-    - return_job: False
-    - run_on_start: False
-{%- else %}
-
-airflow-enforce-schedule:
+airflow-enforce-legacy-schedule:
   schedule.absent:
     - name: airflow-enforce
-{%- endif %}
