@@ -49,6 +49,13 @@ def test_synced_folders():
     dirs = re.search(r"SYNCED_DIRS = %w\[([^\]]*)\]", t).group(1).split()
     for d in ("salt", "pillar", "reactor", "_modules", "_beacons", "_runners", "conf"):
         assert d in dirs
+    # every directory the master's config reads under /srv/airflow (utils_dirs, pillar_dirs,
+    # reactor SLS, ...) reaches the VM: _utils and _pillar were once missing here
+    conf = ""
+    for path in sorted((REPO / "conf" / "master.d").glob("*.conf")):
+        conf += path.read_text()
+    needed = set(re.findall(r"/srv/airflow/([A-Za-z_]+)", conf))
+    assert needed and not needed - set(dirs), needed - set(dirs)
     assert 'm.vm.synced_folder d, "/srv/airflow/#{d}"' in t
     assert "/srv/airflow/conf/master.d/*.conf /etc/salt/master.d/" in t
 
