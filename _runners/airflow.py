@@ -29,6 +29,7 @@ re-probed on its node, and no event data ever reaches a command line.
 Settings: master config ``airflow_healing:`` (conf/master.d/airflow-reactor.conf).
 """
 
+import functools
 import logging
 
 log = logging.getLogger(__name__)
@@ -306,8 +307,8 @@ def reconcile():
                    "fence": _util("airflow_scheduler.fence"),
                    "fence_split_now": _util("airflow_scheduler.fence_split_now")},
         lb={"lb_runtime": _util("airflow_lb.runtime")},
-        enforce={"watch": lambda ctx, minions: _util("airflow_ops.enforcement_watch")(
-            ctx, _util("airflow_drift.api")(), minions)},
+        enforce={"watch": functools.partial(_util("airflow_ops.enforcement_watch"),
+                                            drift=_util("airflow_drift.api")())},
     )
 
 

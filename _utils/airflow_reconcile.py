@@ -76,7 +76,7 @@ def reconcile(ctx, heal, scheduler, lb, enforce):
         runtime = lb["lb_runtime"](ctx, cache, present)
         if runtime:
             done["haproxy"] = runtime
-        stale = enforce["watch"](ctx, present)
+        stale = enforce["watch"](ctx, minions=present)
         if stale:
             done["enforce-stale"] = stale
         took = round(clock.now() - start, 1)

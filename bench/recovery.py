@@ -329,9 +329,16 @@ def run_fault(lab, fault, run):
 
 def beacon_cpu_per_minute(lab, node="worker1", seconds=60):
     """CPU seconds the node's salt-minion (beacon included) uses per minute, idle cluster."""
+    # systemd's CPUUsageNSec stays unset in the nspawn nodes (no cpu controller delegated):
+    # read the unit's cgroup v2 cpu.stat instead (the hybrid layout's "unified" tree, or a
+    # pure v2 host), which counts the exited job processes too
+    cmd = ("cg=$(systemctl show -p ControlGroup --value salt-minion); "
+           "for f in /sys/fs/cgroup/unified$cg/cpu.stat /sys/fs/cgroup$cg/cpu.stat; do "
+           "[ -r $f ] && awk '$1 == \"usage_usec\" {print $2}' $f && break; done")
+
     def usage():
-        out = H.sh(lab, node, "systemctl show -p CPUUsageNSec --value salt-minion").stdout.strip()
-        return int(out) / 1e9 if out.isdigit() else None
+        out = H.sh(lab, node, cmd).stdout.strip()
+        return int(out) / 1e6 if out.isdigit() else None
     a = usage()
     time.sleep(seconds)
     b = usage()

@@ -141,3 +141,39 @@ def test_report_mode_end_to_end_then_maintenance_skips(salt_minions, salt_cli, a
     # without the deploy mark (orch.deploy running, or never deployed) it waits as well
     waiting = call.run("airflow_enforce.run").data
     assert waiting["result"] == "skipped" and "orchestration" in waiting["reason"], waiting
+
+
+def test_the_reconcile_refreshes_the_pillar_of_a_node_whose_runs_stopped(salt_run_cli, salt_minions,
+                                                                          airflow_salt_paths):
+    """The watch on the real master: worker1 holds the job (its pillar as the master served it),
+    and no run has come from it for far longer than 2 x (interval + splay): the periodic
+    reconcile refreshes its pillar (what puts a lost pillar job back into the running schedule),
+    audits `enforce-stale` and alerts; the next pass does not repeat it within the period."""
+    varlib = airflow_salt_paths["varlib"]
+    deployed = os.path.join(varlib, "deployed")
+    watch = os.path.join(varlib, "enforce-watch", "worker1.json")
+    last = os.path.join(varlib, "enforce", "worker1.json")
+    os.makedirs(os.path.dirname(watch), exist_ok=True)
+    with open(deployed, "w") as fh:
+        fh.write("test\n")
+    try:
+        if os.path.exists(last):
+            os.remove(last)
+        with open(watch, "w") as fh:
+            json.dump({"since": time.time() - 10 * (1800 + 300)}, fh)
+        since = time.time() - 1
+        ret = salt_run_cli.run("airflow.reconcile")
+        assert ret.returncode == 0 and isinstance(ret.data, dict), ret
+        if ret.data.get("result") == "in-progress":  # the master's own schedule was running it
+            ret = _wait(lambda: (lambda r: r if r.data.get("result") != "in-progress" else None)(
+                salt_run_cli.run("airflow.reconcile")), 120, "a reconcile pass of ours")
+        stale = [r for r in audit_records(airflow_salt_paths) if r["action"] == "enforce-stale"
+                 and r["minion"] == "worker1" and r["ts"] >= since]
+        assert len(stale) == 1 and stale[0]["outcome"] == "refreshed", stale
+        assert stale[0]["overdue"] > 0
+        again = salt_run_cli.run("airflow.reconcile").data
+        assert "worker1" not in (again.get("done") or {}).get("enforce-stale", {}), again
+    finally:
+        for path in (deployed, watch):
+            if os.path.exists(path):
+                os.remove(path)
