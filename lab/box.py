@@ -117,6 +117,24 @@ def check_host_tools() -> None:
         raise LabError(f"missing host packages for the box build: apt-get install {' '.join(missing)}")
 
 
+def mounts_under(path: Path) -> list[str]:
+    """Mount points below path, deepest first (/proc/mounts escapes spaces as \\040)."""
+    prefix = str(path.resolve()) + "/"
+    points = [ln.split()[1].replace("\\040", " ") for ln in Path("/proc/mounts").read_text().splitlines()]
+    return sorted((m for m in points if m.startswith(prefix)), key=len, reverse=True)
+
+
+def remove_build_dir(tmp: Path) -> None:
+    # debootstrap mounts /proc (and in some containers binds the host's /dev) in the target: a
+    # failed build can leave them mounted, and rmtree would then delete through them
+    for m in mounts_under(tmp):
+        run(["umount", "-l", m], check=False)
+    left = mounts_under(tmp)
+    if left:
+        raise LabError(f"box: still mounted, not deleting {tmp}: {', '.join(left)}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_box(force: bool = False) -> Path:
     """Return the cached box, building it if its recipe changed (or force)."""
     box, want = box_path(), recipe_hash()
@@ -126,7 +144,7 @@ def ensure_box(force: bool = False) -> Path:
     check_host_tools()
     BOXES.mkdir(parents=True, exist_ok=True)
     tmp = BOXES / f".build-{want}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_build_dir(tmp)
     tmp.mkdir()
     t0 = time.monotonic()
     try:
@@ -137,7 +155,7 @@ def ensure_box(force: bool = False) -> Path:
             {"recipe": want, "build_seconds": round(dt, 1), "bytes": box.stat().st_size,
              "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1) + "\n")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_build_dir(tmp)
     record_timing("box_build", dt)
     progress(f"box: built {box} ({box.stat().st_size / 2**20:.0f} MiB) in {dt:.0f}s")
     return box
@@ -151,6 +169,8 @@ def build(tmp: Path, want: str) -> None:
         timeout=1800)
     progress(f"box: debootstrap done in {time.monotonic() - t0:.0f}s; configuring")
     configure_root(root)
+    for m in mounts_under(root):      # mkfs.ext4 -d would copy a mounted /proc into the disk
+        run(["umount", "-l", m])
     layout = disk_layout(DISK_GIB * 2**30)
     root_uuid = str(uuid.uuid4())
     write_boot_files(root, root_uuid)
