@@ -165,8 +165,10 @@ def build(tmp: Path, want: str) -> None:
     root, raw = tmp / "root", tmp / "disk.raw"
     t0 = time.monotonic()
     progress(f"box: debootstrap {SUITE} from {MIRROR} (recipe {want})")
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(packages())}", SUITE, str(root), MIRROR],
-        timeout=1800)
+    debs = BOXES / "debs"             # downloaded packages kept: a rebuild after a recipe change is faster
+    debs.mkdir(parents=True, exist_ok=True)
+    run(["debootstrap", "--variant=minbase", f"--cache-dir={debs}", f"--include={','.join(packages())}",
+         SUITE, str(root), MIRROR], timeout=1800)
     progress(f"box: debootstrap done in {time.monotonic() - t0:.0f}s; configuring")
     configure_root(root)
     for m in mounts_under(root):      # mkfs.ext4 -d would copy a mounted /proc into the disk
@@ -203,7 +205,7 @@ def configure_root(root: Path) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, dst)
             os.chmod(dst, 0o644)
-    shutil.copyfile(RECIPE_DIR / "vagrant.pub", root / "tmp/vagrant.pub")
+    shutil.copyfile(RECIPE_DIR / "vagrant.pub", root / "var/tmp/vagrant.pub")
     # setup.sh upgrades from the network: the host's resolver for the time of the build
     resolv = root / "etc/resolv.conf"
     resolv.unlink(missing_ok=True)
