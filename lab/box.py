@@ -170,11 +170,13 @@ def build(tmp: Path, want: str) -> None:
     run(["debootstrap", "--variant=minbase", f"--cache-dir={debs}", f"--include={','.join(packages())}",
          SUITE, str(root), MIRROR], timeout=1800)
     progress(f"box: debootstrap done in {time.monotonic() - t0:.0f}s; configuring")
+    root_uuid = str(uuid.uuid4())
+    # fstab before setup.sh: its update-initramfs then puts fsck for the root into the initramfs
+    (root / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
     configure_root(root)
     for m in mounts_under(root):      # mkfs.ext4 -d would copy a mounted /proc into the disk
         run(["umount", "-l", m])
     layout = disk_layout(DISK_GIB * 2**30)
-    root_uuid = str(uuid.uuid4())
     write_boot_files(root, root_uuid)
     progress("box: mkfs.ext4 -d (root file system into the disk file)")
     with open(raw, "wb") as f:
@@ -219,7 +221,6 @@ def write_boot_files(root: Path, root_uuid: str) -> None:
     for link in ("vmlinuz", "initrd.img"):
         if not (root / link).exists():
             raise LabError(f"box: /{link} missing in the root (linux-image-amd64 not installed?)")
-    (root / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
     grub = root / "boot/grub"
     shutil.copytree(GRUB_DIR, grub / "i386-pc", dirs_exist_ok=True)   # modules normal mode loads later
     (grub / "grub.cfg").write_text((RECIPE_DIR / "grub.cfg").read_text().replace("@ROOT_UUID@", root_uuid))
