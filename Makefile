@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 BENCH_VENV := .venv-bench
 
-.PHONY: host-deps venv lint check lab lab-down lab-status box test-lab test-lab-extended test bench bench-memory bench-deps clean
+.PHONY: host-deps venv lint check lab lab-down lab-status box box-smoke test-lab test-lab-extended test bench bench-memory bench-deps clean
 
 host-deps:
 	@tools/host-deps.sh
@@ -39,6 +39,11 @@ lab: host-deps
 box:
 	@tools/box-deps.sh
 	$(PYTHON) -m lab.box --add $(if $(BOX_FORCE),--force)
+
+# Boots one throwaway VM from that box (vagrant up, vagrant ssh, destroy) -> results/box.json.
+# AIRFLOW_VM_LIBVIRT_DRIVER=qemu where /dev/kvm cannot run a stock kernel.
+box-smoke:
+	$(PYTHON) -m lab.box_smoke
 
 lab-down:
 	$(PYTHON) -m lab down
