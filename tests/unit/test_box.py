@@ -90,3 +90,15 @@ def test_a_box_without_its_record_is_not_cached(tmp_path):
     assert box.built_recipe(f) is None
     f.with_suffix(".json").write_text('{"recipe": "abc"}')
     assert box.built_recipe(f) == "abc"
+
+
+def test_the_smoke_vagrantfile_uses_the_box_and_the_driver(tmp_path):
+    from lab import box_smoke
+    text = box_smoke.VAGRANTFILE.format(box=box.BOX_NAME, ip="192.168.177.50", driver="qemu")
+    assert 'c.vm.box = "airflow/debian12"' in text and 'lv.driver = "qemu"' in text
+    assert 'type: "rsync"' in text and 'private_network", ip: "192.168.177.50"' in text
+    if shutil.which("ruby"):
+        import subprocess
+        (tmp_path / "Vagrantfile").write_text(text)
+        p = subprocess.run(["ruby", "-c", str(tmp_path / "Vagrantfile")], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
