@@ -171,7 +171,7 @@ def build(tmp: Path, want: str) -> None:
          SUITE, str(root), MIRROR], timeout=1800)
     progress(f"box: debootstrap done in {time.monotonic() - t0:.0f}s; configuring")
     root_uuid = str(uuid.uuid4())
-    # fstab before setup.sh: its update-initramfs then puts fsck for the root into the initramfs
+    # fstab before setup.sh, whose update-initramfs reads it
     (root / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
     configure_root(root)
     for m in mounts_under(root):      # mkfs.ext4 -d would copy a mounted /proc into the disk

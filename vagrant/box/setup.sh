@@ -19,7 +19,7 @@ systemctl enable serial-getty@ttyS0.service
 # nothing waits for the private networks Vagrant configures after boot
 systemctl mask systemd-networkd-wait-online.service
 ln -sf ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
-# the root's fstab entry is there now: the initramfs gets fsck for it (debootstrap's had none)
+# with the fstab entry and conf.d/root-fstype in place the initramfs gets fsck.ext4 for the root
 update-initramfs -u -k all
 # per-VM identity is made at first boot: machine-id (systemd), SSH host keys (ssh.service drop-in)
 rm -f /etc/ssh/ssh_host_*
