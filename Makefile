@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 BENCH_VENV := .venv-bench
 
-.PHONY: host-deps venv lint check lab lab-down lab-status test-lab test-lab-extended test bench bench-memory bench-deps clean
+.PHONY: host-deps venv lint check lab lab-down lab-status box box-smoke test-lab test-lab-extended test bench bench-memory bench-deps clean
 
 host-deps:
 	@tools/host-deps.sh
@@ -32,6 +32,18 @@ check: lint
 # The main job: build the base image (cached), boot the nodes, install Salt, deploy the cluster.
 lab: host-deps
 	$(PYTHON) -m lab up
+
+# A Debian 12 vagrant-libvirt box built here from vagrant/box/ (cached; rebuilt when the recipe
+# changes; BOX_FORCE=1 rebuilds), added to Vagrant as airflow/debian12. Use it with
+# AIRFLOW_VM_BOX=airflow/debian12 vagrant up --provider=libvirt. Needs root.
+box:
+	@tools/box-deps.sh
+	$(PYTHON) -m lab.box --add $(if $(BOX_FORCE),--force)
+
+# Boots one throwaway VM from that box (vagrant up, vagrant ssh, destroy) -> results/box.json.
+# AIRFLOW_VM_LIBVIRT_DRIVER=qemu where /dev/kvm cannot run a stock kernel.
+box-smoke:
+	$(PYTHON) -m lab.box_smoke
 
 lab-down:
 	$(PYTHON) -m lab down
