@@ -509,9 +509,13 @@ def enforcement_watch(ctx, drift, minions):
             store.update_json(("enforce-watch", minion), lambda old: ({"since": now}, None))
             continue
         last = (store.read_json("enforce", minion) or {}).get("recorded")
+        last = last if isinstance(last, (int, float)) else None
         overdue = drift.stale_since(job, last, watch["since"], now)
-        period = int(job["seconds"]) + int(job.get("splay") or 0)
-        if overdue is None or now - (watch.get("acted") or 0) < period:
+        if overdue is None:
+            continue
+        period = int(job["seconds"]) + int(job.get("splay") or 0)  # valid: stale_since read it
+        acted_at = watch.get("acted")
+        if isinstance(acted_at, (int, float)) and now - acted_at < period:
             continue
         store.update_json(("enforce-watch", minion),
                           lambda old: (dict(old or {}, acted=now), None))
