@@ -112,6 +112,11 @@ SCHEMA = {
     "lb:stats_user": string(),
     "lb:admin_socket": PATH,
     "lb:backend": string(),
+    "lb:check:inter_ms": integer(100, 60000),
+    "lb:check:fastinter_ms": integer(100, 60000),
+    "lb:check:timeout_ms": integer(100, 60000),
+    "lb:check:fall": integer(1, 10),
+    "lb:check:rise": integer(1, 10),
     "tls:ca_cert": string(empty=True),  # PEM text; empty: the system trust store
     "systemd:restart_sec": integer(0),
     "systemd:dependency_wait": integer(1),

@@ -71,6 +71,11 @@ def _wait(fn, timeout, every=0.25):
     return None
 
 
+def _wait_from(t0, fn, timeout, every=0.25):
+    """Seconds from ``t0`` (monotonic) until ``fn()`` is true, or None after ``timeout``."""
+    return None if _wait(fn, timeout, every) is None else time.monotonic() - t0
+
+
 def _signal_all(lab, node, daemon, signal):
     """Send ``signal`` to every process of the daemon's unit (SIGSTOP: a hang systemd cannot see)."""
     H.sh(lab, node, f"systemctl kill --signal={signal} --kill-who=all {H.unit_of(daemon)}",
@@ -81,9 +86,17 @@ def _kill9_main(lab, node, daemon):
     H.sh(lab, node, f"kill -9 {H.main_pid(lab, node, H.unit_of(daemon))}", check=True)
 
 
-# ------------------------------------------------------------------ faults: (inject, healthy, cleanup)
+# ------------------------------------------------------------------ faults
 class Fault:
-    """One fault: ``inject(lab)`` -> context; ``healthy(lab, ctx)``; ``floor(lab)`` -> seconds."""
+    """One fault, timed from just before ``inject`` to the first healthy probe.
+
+    ``prepare(lab, node)`` runs before the clock starts (e.g. wait until the worker is one the
+    beacon can judge) and returns the context ``healthy`` gets: by default the unit's main PID,
+    so that a daemon is healthy again only as a new process. Without that, a probe taken before
+    the fault had taken effect (haproxy still saying UP a moment after a stop) counted as a
+    recovery of a few milliseconds. ``probe_from`` is when probes may start: after ``inject``
+    returns (a blocking ``systemctl restart``), so one answered by the old process never counts.
+    """
 
     name = ""
     unit_daemon = ""   # the daemon of the daemon table it hits (audit records)
@@ -91,21 +104,30 @@ class Fault:
     def node(self, lab):
         raise NotImplementedError
 
+    def prepare(self, lab, node):
+        return {"pid": H.main_pid(lab, node, H.unit_of(self.unit_daemon))}
+
     def inject(self, lab, node):
         raise NotImplementedError
 
-    def healthy(self, lab, node, t0):
+    def healthy(self, lab, node, t0, ctx):
         raise NotImplementedError
 
     def cleanup(self, lab, node):
         pass
 
+    def new_process(self, lab, node, ctx):
+        pid = H.main_pid(lab, node, H.unit_of(self.unit_daemon))
+        return bool(pid) and pid != ctx.get("pid")
+
     def restart_floor(self, lab, node):
-        """Bare stop + start of the daemon's unit, then the same probe."""
+        """Bare stop + start of the daemon's unit, timed from before the stop, then the same probe."""
         unit = H.unit_of(self.unit_daemon)
+        ctx = self.prepare(lab, node)
         t0 = time.monotonic()
         H.sh(lab, node, f"systemctl stop {unit} && systemctl start {unit}", check=True)
-        return _wait(lambda: self.healthy(lab, node, t0), HEALTHY_WITHIN)
+        t_probe = time.monotonic()
+        return _wait_from(t0, lambda: self.healthy(lab, node, t_probe, ctx), HEALTHY_WITHIN)
 
 
 class WorkerKill(Fault):
@@ -117,15 +139,18 @@ class WorkerKill(Fault):
     def inject(self, lab, node):
         _kill9_main(lab, node, "worker")
 
-    def healthy(self, lab, node, t0):
-        return _worker_ok(lab, node)
+    def healthy(self, lab, node, t0, ctx):
+        return self.new_process(lab, node, ctx) and _worker_ok(lab, node)
 
 
 class WorkerHang(WorkerKill):
     name = "worker_hang"
 
-    def inject(self, lab, node):
+    def prepare(self, lab, node):
         H.wait_worker_judgeable(lab, node)
+        return super().prepare(lab, node)
+
+    def inject(self, lab, node):
         H.hang_worker(lab, node)
 
     def cleanup(self, lab, node):
@@ -141,7 +166,7 @@ class SchedulerKill(Fault):
     def inject(self, lab, node):
         _kill9_main(lab, node, "scheduler")
 
-    def healthy(self, lab, node, t0):
+    def healthy(self, lab, node, t0, ctx):
         return bool(_fresh_heartbeat(lab, t0))
 
 
@@ -164,18 +189,18 @@ class ApiServerStop(Fault):
     def inject(self, lab, node):
         H.sh(lab, node, f"systemctl stop {H.unit_of('api-server')}", check=True)
 
-    def healthy(self, lab, node, t0):
-        return _backend_state(lab, node) == "UP"
+    def healthy(self, lab, node, t0, ctx):
+        return self.new_process(lab, node, ctx) and _backend_state(lab, node) == "UP"
 
 
 class ApiServerHang(ApiServerStop):
-    """Recovery is the time until haproxy sends it nothing (its target); back_up_s a phase."""
+    """Recovery is the time until haproxy sends it nothing (its target)."""
     name = "api_server_hang"
 
     def inject(self, lab, node):
         _signal_all(lab, node, "api-server", "SIGSTOP")
 
-    def healthy(self, lab, node, t0):
+    def healthy(self, lab, node, t0, ctx):
         return not _backend_state(lab, node).startswith("UP")
 
     def cleanup(self, lab, node):
@@ -186,65 +211,80 @@ class ApiServerHang(ApiServerStop):
         unit = H.unit_of(self.unit_daemon)
         t0 = time.monotonic()
         H.sh(lab, node, f"systemctl stop {unit}", check=True)
-        out = _wait(lambda: self.healthy(lab, node, t0), 60)
+        out = _wait_from(t0, lambda: self.healthy(lab, node, t0, {}), 60)
         H.sh(lab, node, f"systemctl start {unit}", check=True)
         _wait(lambda: _backend_state(lab, node) == "UP", HEALTHY_WITHIN)
         return out
 
 
 class MasterNodeLoss(SchedulerKill):
+    """Recovery: a heartbeat from another master; floor: the bare restart of the scheduler
+    (stop, start, a fresh heartbeat from any master)."""
     name = "master_node_loss"
 
     def inject(self, lab, node):
         lab.stop_node(node)
 
-    def healthy(self, lab, node, t0):
+    def healthy(self, lab, node, t0, ctx):
         return bool(_fresh_heartbeat(lab, t0, exclude=(node,)))
 
     def cleanup(self, lab, node):
         if not lab.is_running(node):
             lab.start_node(node)
 
+    def restart_floor(self, lab, node):
+        unit = H.unit_of(self.unit_daemon)
+        t0 = time.monotonic()
+        H.sh(lab, node, f"systemctl stop {unit} && systemctl start {unit}", check=True)
+        t_probe = time.monotonic()
+        return _wait_from(t0, lambda: bool(_fresh_heartbeat(lab, t_probe)), HEALTHY_WITHIN)
+
 
 class MetastoreRestart(Fault):
     """Recovery: a scheduler heartbeat written after the restart (the cluster works again);
-    floor: PostgreSQL answering after a bare restart."""
+    floor: PostgreSQL answering after a bare restart (both timed from before the restart)."""
     name, unit_daemon = "metastore_restart", "postgresql"
 
     def node(self, lab):
         return H.DB_NODE
 
+    def prepare(self, lab, node):
+        return {}
+
     def inject(self, lab, node):
         H.sh(lab, node, f"systemctl restart {H.db_unit()}", check=True)
 
-    def healthy(self, lab, node, t0):
+    def healthy(self, lab, node, t0, ctx):
         return bool(_fresh_heartbeat(lab, t0))
 
     def restart_floor(self, lab, node):
         t0 = time.monotonic()
         H.sh(lab, node, f"systemctl restart {H.db_unit()}", check=True)
-        return _wait(lambda: H.db_up(lab), HEALTHY_WITHIN)
+        return _wait_from(t0, lambda: H.db_up(lab), HEALTHY_WITHIN)
 
 
 class BrokerRestart(Fault):
     """Recovery: every worker answers a ping through the restarted broker; floor: the broker
-    unit active again after a bare restart."""
+    answering again after a bare restart (both timed from before the restart)."""
     name, unit_daemon = "broker_restart", "rabbitmq"
 
     def node(self, lab):
         return H.DB_NODE
 
+    def prepare(self, lab, node):
+        return {}
+
     def inject(self, lab, node):
         H.sh(lab, node, f"systemctl restart {H.broker_unit()}", check=True)
 
-    def healthy(self, lab, node, t0):
+    def healthy(self, lab, node, t0, ctx):
         return all(_worker_ok(lab, w) for w in H.workers(lab))
 
     def restart_floor(self, lab, node):
-        unit = H.broker_unit()
         t0 = time.monotonic()
-        H.sh(lab, node, f"systemctl restart {unit}", check=True)
-        return _wait(lambda: H.unit_states(lab, node, [unit]).get(unit) == "active", HEALTHY_WITHIN)
+        H.sh(lab, node, f"systemctl restart {H.broker_unit()}", check=True)
+        return _wait_from(t0, lambda: H.sh(lab, node, "rabbitmq-diagnostics -q ping").returncode == 0,
+                          HEALTHY_WITHIN)
 
 
 class HangDuringStorm(WorkerHang):
@@ -254,15 +294,15 @@ class HangDuringStorm(WorkerHang):
     def node(self, lab):
         return "worker2"
 
-    def inject(self, lab, node):
+    def prepare(self, lab, node):
         from tests.lab.test_incidents import SALT_PYTHON, STORM_SCRIPT, STORM_TAG
-        H.wait_worker_judgeable(lab, node)
+        ctx = super().prepare(lab, node)
         active = H.active_scheduler(lab)
         sender = next(m for m in H.masters(lab) if m != active)
         threading.Thread(target=lambda: lab.exec_on(
             sender, [SALT_PYTHON, "-c", STORM_SCRIPT, str(STORM_EVENTS), STORM_TAG],
             check=False, timeout=120), daemon=True).start()
-        H.hang_worker(lab, node)
+        return ctx
 
 
 ALL = {f.name: f for f in (WorkerKill(), WorkerHang(), SchedulerKill(), SchedulerHang(),
@@ -286,8 +326,12 @@ def phases(lab, t_wall, t_healthy_wall, fault):
     decided = float(first.get("decided_s") or 0)
     result = {"detect_s": round(first["ts"] - decided - t_wall, 2), "decide_s": round(decided, 2)}
     if out:
-        result["act_s"] = round(out[0]["ts"] - first["ts"], 2)
-        result["verify_s"] = round(t_healthy_wall - out[0]["ts"], 2)
+        # the runner records its outcome after its own verification, which can end after our
+        # probe already said healthy: then act ends at healthy and verify is 0 (never negative)
+        done = min(out[0]["ts"], t_healthy_wall)
+        result["act_s"] = round(max(0.0, done - first["ts"]), 2)
+        result["verify_s"] = round(max(0.0, t_healthy_wall - out[0]["ts"]), 2)
+        result["outcome_after_healthy_s"] = round(max(0.0, out[0]["ts"] - t_healthy_wall), 2)
         result["action"] = first.get("intent")
     return result
 
@@ -304,10 +348,12 @@ def run_fault(lab, fault, run):
     settle(lab)
     floor = fault.restart_floor(lab, node)
     settle(lab)
+    ctx = fault.prepare(lab, node)
     try:
-        fault.inject(lab, node)
         t_inject_wall, t_inject = time.time(), time.monotonic()
-        took = _wait(lambda: fault.healthy(lab, node, t_inject), HEALTHY_WITHIN)
+        fault.inject(lab, node)
+        t_probe = time.monotonic()
+        took = _wait_from(t_inject, lambda: fault.healthy(lab, node, t_probe, ctx), HEALTHY_WITHIN)
         t_healthy_wall = time.time()
     finally:
         fault.cleanup(lab, node)
