@@ -67,8 +67,6 @@ def errors(airflow, addresses=None):
         salt worker1 airflow_pillar.errors '{"worker": {"concurrency": "many"}}'
     """
     out = list(_utils("airflow_schema.errors")(airflow, _utils("airflow_daemons.valid_minion_id")))
-    out.extend(_utils("airflow_schema.watchdog_errors")(
-        airflow, _utils("airflow_daemons.keepalive_daemons")()))
     for path in _utils("airflow_schema.unknown")(airflow):
         if path not in _WARNED:
             _WARNED.add(path)

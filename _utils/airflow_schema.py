@@ -85,6 +85,7 @@ SCHEMA = {
     "dag_processor:parsing_processes": integer(1),
     "worker:concurrency": integer(1),
     "worker:queues": str_list(empty=False),
+    "worker:watchdog_sec": integer(0),  # wins over systemd:watchdog_sec for the worker
     "api_server:workers": integer(1),
     "api_server:port": PORT,
     "flower:port": PORT,
@@ -118,7 +119,6 @@ SCHEMA = {
     "systemd:dependency_poll_max": integer(1),
     "systemd:timeout_stop_sec": integer(1),
     "systemd:watchdog_sec": integer(0),  # 0: no WatchdogSec= (off)
-    "systemd:watchdog_sec_of": mapping(values=integer(0)),  # keys: watchdog_errors
     "enforce:enabled": BOOL,
     "enforce:mode": enum("enforce", "report"),
     "enforce:interval": integer(60),
@@ -178,11 +178,7 @@ def expected(rule):
 
 
 def _plural(text):
-    if text == "a mapping":
-        return "mappings"
-    if text.startswith("an integer"):
-        return "integers" + text[len("an integer"):]
-    return text.replace("a list", "lists", 1)
+    return "mappings" if text == "a mapping" else text.replace("a list", "lists", 1)
 
 
 def show(value):
@@ -325,23 +321,6 @@ def unknown(config, schema=None):
     if isinstance(config, dict):
         walk(config, "")
     return sorted(out)
-
-
-def watchdog_errors(config, keepalive_daemons):
-    """
-    The keys of ``airflow:systemd:watchdog_sec_of`` against the daemons that can have a
-    watchdog (``keepalive_daemons``, the daemon table's keepalive column): a typo must not
-    leave a daemon on the default silently, nor give PostgreSQL a watchdog it never feeds.
-    A mapping that is not one is ``errors``' business.
-    """
-    systemd = config.get("systemd") if isinstance(config, dict) else None
-    overrides = systemd.get("watchdog_sec_of") if isinstance(systemd, dict) else None
-    if not isinstance(overrides, dict):
-        return []
-    known = ", ".join(keepalive_daemons)
-    return [f"airflow:systemd:watchdog_sec_of:{key} must name a daemon with a keep-alive "
-            f"({known}), not {show(key)}"
-            for key in sorted(overrides, key=str) if key not in keepalive_daemons]
 
 
 def network_errors(cidr, addresses):
