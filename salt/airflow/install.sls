@@ -55,11 +55,12 @@ airflow-pip-install:
 
 {#- The systemd watchdog keep-alive (files/airflow_watchdog.py): staged in the home, then put
     into the venv's site-packages with airflow_watchdog.pth, so every Python start of the venv
-    imports it (it acts only in a unit's main process with WatchdogSec=). The site-packages
-    path is the venv's Python's own answer (its version is not known before the venv exists;
-    not -S: without site.py a venv reports the base interpreter's site-packages);
-    only inside the venv; the module first, then the .pth, each renamed into place: a Python starting meanwhile never
-    imports half a file. airflow.software.clean removes both with the venv and the home. #}
+    imports it (it acts only in a unit's main process with WatchdogSec=). The site-packages path
+    is the venv Python's own answer: its version is not known before the venv exists (and not
+    with -S: without site.py a venv reports the base interpreter's site-packages); nothing is
+    written outside the venv. The module first, then the .pth, each renamed into place: a Python
+    starting meanwhile never imports half a file. airflow.software.clean removes both with the
+    venv and the home. #}
 {%- set keepalive = airflow.home ~ '/airflow_watchdog.py' %}
 {%- set site = '"$(' ~ airflow.venv ~ '/bin/python -I -c \'import sysconfig; print(sysconfig.get_path("purelib"))\')"' %}
 airflow-install-watchdog-module:
