@@ -331,7 +331,9 @@ def service(name, start_grace=None):
     systemd state of a unit (or of a daemon name such as ``worker``).
 
     Returns ``{'unit', 'status' (ok|restarting|dead|absent), 'active_state', 'sub_state',
-    'n_restarts', 'uptime', 'starting'}``. ``starting`` is True while the unit has been active
+    'n_restarts', 'result', 'uptime', 'starting'}``. ``n_restarts``: systemd's own restarts
+    (Restart=, e.g. after a watchdog timeout) since the last manual start; ``result``: its
+    Result= (``watchdog`` until the restart, then ``success`` again). ``starting`` is True while the unit has been active
     for less than ``start_grace`` seconds (default: the node setting ``start_grace``; None
     without node settings): a daemon that does not answer yet then is starting, not hung.
 
@@ -350,7 +352,7 @@ def service(name, start_grace=None):
         return {"unit": unit, "status": "error", "detail": "invalid unit name"}
     res = __salt__["cmd.run_all"](
         ["systemctl", "show", "-p",
-         "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestampMonotonic", unit],
+         "LoadState,ActiveState,SubState,NRestarts,Result,ActiveEnterTimestampMonotonic", unit],
         python_shell=False,
         ignore_retcode=True,
         output_loglevel="quiet",
@@ -374,6 +376,7 @@ def service(name, start_grace=None):
         "active_state": props.get("ActiveState"),
         "sub_state": props.get("SubState"),
         "n_restarts": restarts,
+        "result": props.get("Result"),
         "uptime": uptime,
         "starting": (None if start_grace is None
                      else uptime is not None and uptime < float(start_grace)),
@@ -967,7 +970,9 @@ def units():
     """
     systemd state of every daemon of this node's roles, one ``systemctl show`` per daemon and
     no probe beyond systemd (what the periodic reconcile reads: cheap):
-    ``{daemon: {status, active_state, sub_state, enabled, starting}}``.
+    ``{daemon: {status, active_state, sub_state, enabled, starting, n_restarts, result}}``
+    (``n_restarts`` going up: systemd restarted it on its own, e.g. its watchdog; the
+    reconcile audits that, with ``restart_causes``).
 
     CLI Example:
 
@@ -984,9 +989,60 @@ def units():
             res = __salt__["cmd.run_all"](["systemctl", "is-enabled", unit], python_shell=False,
                                           ignore_retcode=True, output_loglevel="quiet")
             enabled = (res.get("stdout") or "").strip() == "enabled"
-        out[daemon] = {k: svc.get(k) for k in ("status", "active_state", "sub_state", "starting")}
+        out[daemon] = {k: svc.get(k) for k in ("status", "active_state", "sub_state", "starting",
+                                               "n_restarts", "result")}
         out[daemon]["enabled"] = enabled
     return out
+
+
+#: systemd's catalogued "Failed with result '...'" message (SD_MESSAGE_UNIT_FAILURE_RESULT);
+#: its UNIT_RESULT field says why (``watchdog``, ``signal``, ``exit-code``, ``timeout`` ...).
+UNIT_FAILURE_MESSAGE_ID = "d9b373ed55a64feb8242e02dbe79a49c"
+
+
+def _parse_failures(text):
+    """``journalctl -o json`` lines of UNIT_FAILURE_MESSAGE_ID -> [{at, result}], oldest first."""
+    out = []
+    for line in (text or "").splitlines():
+        try:
+            entry = json.loads(line)
+            at = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
+        except (ValueError, KeyError, TypeError):
+            continue
+        result = entry.get("UNIT_RESULT")
+        if isinstance(result, str) and result:
+            out.append({"at": round(at, 3), "result": result[:40]})
+    return out
+
+
+def restart_causes(name, limit=5):
+    """
+    Why systemd stopped daemon ``name`` (a daemon of the table) lately: its last ``limit``
+    failure records in the journal, ``{'unit', 'failures': [{'at' (epoch s), 'result'}]}``,
+    oldest first; ``result`` ``watchdog`` is a watchdog timeout (WatchdogSec=). What the
+    reconcile audits when ``units`` shows ``n_restarts`` going up. Read only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt worker1 airflow_health.restart_causes worker
+    """
+    unit, refused = _table_unit(name)
+    if refused:
+        return refused
+    try:
+        limit = max(1, min(int(limit), 50))
+    except (TypeError, ValueError):
+        limit = 5
+    res = __salt__["cmd.run_all"](
+        ["journalctl", "--no-pager", "-q", "-o", "json", "-n", str(limit), "-u", unit,
+         "--output-fields=UNIT_RESULT", f"MESSAGE_ID={UNIT_FAILURE_MESSAGE_ID}"],
+        python_shell=False, ignore_retcode=True, output_loglevel="quiet", timeout=20,
+    )
+    if res.get("retcode") and not res.get("stdout"):
+        return {"unit": unit, "failures": [], "detail": (res.get("stderr") or "")[:300]}
+    return {"unit": unit, "failures": _parse_failures(res.get("stdout"))}
 
 
 def kill_unit(name):

@@ -23,6 +23,11 @@ Columns:
            ``socket``    haproxy answers ``show info`` on its admin socket
     needs  daemons it cannot work without (its dependencies): a daemon that fails while one of
            them is down is attributed to that dependency, not restarted or moved
+    keepalive  True when its main process is a Python process of the Airflow venv, so the
+           venv's systemd watchdog keep-alive (salt/airflow/files/airflow_watchdog.py) runs in
+           it: only such a unit may get ``WatchdogSec=`` (airflow:systemd:watchdog_sec). A
+           fact about the daemon, not a site policy: PostgreSQL, RabbitMQ and haproxy never
+           send WATCHDOG=1 (systemd would kill them every WatchdogSec)
 
 Pure data and pure functions: importable by Salt's utils loader and by plain Python (tests).
 """
@@ -35,25 +40,26 @@ __virtualname__ = "airflow_daemons"
 
 DAEMONS = (
     {"name": "api-server", "unit": "airflow-api-server", "role": "airflow-master", "probe": "api",
-     "needs": ("postgresql",)},
+     "needs": ("postgresql",), "keepalive": True},
     {"name": "scheduler", "unit": "airflow-scheduler", "role": "airflow-master",
-     "probe": "heartbeat", "needs": ("postgresql",)},
+     "probe": "heartbeat", "needs": ("postgresql",), "keepalive": True},
     {"name": "dag-processor", "unit": "airflow-dag-processor", "role": "airflow-master",
-     "probe": "unit", "needs": ("postgresql",)},
+     "probe": "unit", "needs": ("postgresql",), "keepalive": True},
     {"name": "triggerer", "unit": "airflow-triggerer", "role": "airflow-master", "probe": "unit",
-     "needs": ("postgresql",)},
+     "needs": ("postgresql",), "keepalive": True},
     # the Celery result backend is the metastore: a worker needs both
     {"name": "worker", "unit": "airflow-worker", "role": "airflow-worker", "probe": "ping",
-     "needs": ("rabbitmq", "postgresql")},
+     "needs": ("rabbitmq", "postgresql"), "keepalive": True},
     {"name": "flower", "unit": "airflow-flower", "role": "airflow-flower", "probe": "unit",
-     "needs": ("rabbitmq",)},
+     "needs": ("rabbitmq",), "keepalive": True},
     # the real cluster unit (Debian's ``postgresql`` wrapper stays "active (exited)" when the
     # postmaster dies); the version comes from the node settings (airflow:database)
     {"name": "postgresql", "unit": "postgresql@{postgresql_version}-main", "role": "airflow-db",
-     "probe": "sql", "needs": ()},
+     "probe": "sql", "needs": (), "keepalive": False},
     {"name": "rabbitmq", "unit": "rabbitmq-server", "role": "airflow-broker", "probe": "amqp",
-     "needs": ()},
-    {"name": "haproxy", "unit": "haproxy", "role": "airflow-lb", "probe": "socket", "needs": ()},
+     "needs": (), "keepalive": False},
+    {"name": "haproxy", "unit": "haproxy", "role": "airflow-lb", "probe": "socket", "needs": (),
+     "keepalive": False},
 )
 
 #: Minion ids (and haproxy server names, which are minion ids): starts with a letter or digit,
@@ -75,7 +81,7 @@ def api():
 
 
 def table():
-    """The daemon table: a list of ``{name, unit, role, probe, needs}`` dicts (copies)."""
+    """The daemon table: a list of ``{name, unit, role, probe, needs, keepalive}`` dicts (copies)."""
     return [dict(row, needs=list(row["needs"])) for row in DAEMONS]
 
 
@@ -129,6 +135,11 @@ def roles():
         if row["role"] not in out:
             out.append(row["role"])
     return out
+
+
+def keepalive_daemons():
+    """Daemon names whose main process runs the venv's watchdog keep-alive (table order)."""
+    return [row["name"] for row in DAEMONS if row["keepalive"]]
 
 
 def daemons_for_roles(role_list):

@@ -626,6 +626,34 @@ def reconcile_plan(table, mode, active, units_by_minion, roles_by_minion):
     return plan
 
 
+def systemd_restarts(table, seen, units_by_minion):
+    """
+    Restarts systemd did on its own (``Restart=``, e.g. after a watchdog timeout), seen in
+    the ``n_restarts`` of ``airflow_health.units``. ``seen``: {"minion/daemon": count} of the
+    last pass (None: nothing yet). A count that went up is a restart to audit; one that went
+    down was reset by a manual start (the runner's, Salt's, an operator's): nothing to say.
+    A unit that reports no count (an older module) is left out.
+    Returns (new seen, sorted [(minion, daemon, previous, now)]).
+    """
+    seen = seen if isinstance(seen, dict) else {}
+    new, restarted = dict(seen), []
+    for minion, units in sorted((units_by_minion or {}).items()):
+        if not isinstance(units, dict) or not table.valid_minion_id(minion):
+            continue
+        for daemon, unit in sorted(units.items()):
+            count = unit.get("n_restarts") if isinstance(unit, dict) else None
+            if daemon not in table.names() or isinstance(count, bool) or \
+                    not isinstance(count, int) or count < 0:
+                continue
+            key = f"{minion}/{daemon}"
+            before = seen.get(key)
+            before = before if isinstance(before, int) and not isinstance(before, bool) else 0
+            if count > before:
+                restarted.append((minion, daemon, before, count))
+            new[key] = count
+    return new, restarted
+
+
 def presence_failover(mode, active, lost):
     """Does a presence change that lost ``lost`` call for a failover check of ``active``?"""
     return mode != "active-active" and bool(active) and active in (lost or [])

@@ -19,12 +19,16 @@ haproxy view when nothing differs:
   (``airflow_ops.enforcement_watch``);
 * a minion whose ``roles`` grain claims a role the role record does not grant is reported
   (one ``refused`` audit record and an ``airflow/alert/roles/claim`` event per new claim).
+* a restart systemd did on its own (``Restart=``: a crash, a watchdog timeout of a hung
+  daemon, which needs no event at all) gets one ``systemd-restart`` audit record with the
+  cause from the node's journal (``result: watchdog``); observed, not acted on.
 
 The concerns are handed in (utility modules cannot import each other in Salt's loader).
 Every function takes the runner's ``Context`` (``airflow_ops``) first.
 """
 
 import logging
+import re
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ def reconcile(ctx, heal, scheduler, lb, enforce):
         mode, active = ctx.placement(cache)
         roles = {m: core.grain_roles(cache.get(m)) for m in units}
         plan = core.reconcile_plan(ctx.table, mode, active, units, roles)
+        observed = audit_systemd_restarts(ctx, units)
         done = {}
         for minion, daemon, action in plan:
             if action == "fence":
@@ -84,5 +89,58 @@ def reconcile(ctx, heal, scheduler, lb, enforce):
             ctx.audit("reconcile", None, None, "periodic reconcile", "acted", plan=plan,
                       done=done, seconds=took)
         ctx.store.write_ts("reconcile.last", start)
-        return {"result": "acted" if done else "in-sync", "plan": plan, "done": done,
-                "claims": claims, "seconds": took}
+        out = {"result": "acted" if done else "in-sync", "plan": plan, "done": done,
+               "claims": claims, "seconds": took}
+        if observed:
+            out["systemd_restarts"] = observed
+        return out
+
+
+def audit_systemd_restarts(ctx, units):
+    """
+    One ``systemd-restart`` audit record per daemon whose ``n_restarts`` went up since the
+    last pass (``airflow_decide.systemd_restarts``), with the failure results the node's
+    journal gives for it (``airflow_health.restart_causes``: asked only then). The master
+    asked the node (no event carries this); it is a record, never a reason to act.
+    Returns {"minion/daemon": [results]}.
+    """
+    core, ops = ctx.core, ctx.ops
+    changes = {}
+
+    def change(old):
+        new, restarted = core.systemd_restarts(ctx.table, old, units)
+        changes["restarted"] = restarted
+        return new, None
+
+    try:
+        ctx.store.update_json(("restarts", "units"), change)
+    except OSError as exc:
+        log.error("airflow healing: cannot record systemd restarts: %s", exc)
+        return {}
+    out = {}
+    for minion, daemon, before, now in changes.get("restarted", []):
+        causes = ops.one(minion, "airflow_health.restart_causes", [daemon, now - before])
+        failures = _failures(causes.get("failures") if isinstance(causes, dict) else None)
+        results = [f["result"] for f in failures]
+        out[f"{minion}/{daemon}"] = results
+        why = ", ".join(results) if results else "unknown (journal unread)"
+        ctx.audit("systemd-restart", minion, daemon,
+                  f"systemd restarted {daemon} on its own ({now - before}x; result: {why})",
+                  "observed", n_restarts=now, previous=before, causes=failures,
+                  watchdog="watchdog" in results)
+    return out
+
+
+_RESULT_RE = re.compile(r"^[a-z][a-z-]{0,39}$")  # systemd's result names: watchdog, exit-code
+
+
+def _failures(raw):
+    """The node's answer as far as it is well-formed (a minion writes it: no free text)."""
+    out = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("result"), str) \
+                and _RESULT_RE.match(item["result"]):
+            at = item.get("at")
+            out.append({"result": item["result"],
+                        "at": at if isinstance(at, (int, float)) and not isinstance(at, bool) else None})
+    return out[-10:]

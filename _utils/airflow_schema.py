@@ -85,6 +85,7 @@ SCHEMA = {
     "dag_processor:parsing_processes": integer(1),
     "worker:concurrency": integer(1),
     "worker:queues": str_list(empty=False),
+    "worker:watchdog_sec": integer(0),  # wins over systemd:watchdog_sec for the worker
     "api_server:workers": integer(1),
     "api_server:port": PORT,
     "flower:port": PORT,
@@ -122,6 +123,7 @@ SCHEMA = {
     "systemd:dependency_wait": integer(1),
     "systemd:dependency_poll_max": integer(1),
     "systemd:timeout_stop_sec": integer(1),
+    "systemd:watchdog_sec": integer(0),  # 0: no WatchdogSec= (off)
     "enforce:enabled": BOOL,
     "enforce:mode": enum("enforce", "report"),
     "enforce:interval": integer(60),

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import importlib.util
 import json
+import re
 import shlex
 import time
 from pathlib import Path
@@ -456,6 +457,48 @@ def unhang_worker(lab, node):
     sh(lab, node, f"systemctl kill --signal=SIGCONT --kill-who=all {unit_of('worker')}")
 
 
+#: A runtime drop-in (under /run: no state manages it, a reboot drops it) that takes the
+#: systemd watchdog away from one unit, so a SIGSTOP hang reaches the second line (beacon ->
+#: reactor -> runner) as a deadlock the keep-alive cannot see would.
+NO_WATCHDOG_DROPIN = "/run/systemd/system/{unit}.service.d/zz-lab-no-watchdog.conf"
+
+
+_TIMESPAN = {"h": 3600.0, "min": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def watchdog_sec(lab, node, unit):
+    """The unit's WatchdogSec in seconds (0: none), as systemd has it ("3s", "1min 30s", "0")."""
+    out = sh(lab, node, f"systemctl show -p WatchdogUSec --value {unit}").stdout.strip()
+    parts = re.findall(r"([0-9.]+)\s*(h|min|ms|us|s)?", out)
+    if not parts or out in ("infinity", ""):
+        return 0.0
+    return sum(float(n) * _TIMESPAN.get(u or "us", 1e-6) for n, u in parts)
+
+
+def _restart_unit(lab, node, unit):
+    sh(lab, node, f"systemctl daemon-reload && systemctl restart {unit}", check=True, timeout=180)
+
+
+def disable_watchdog(lab, node, daemon):
+    """The daemon's unit on ``node`` without its systemd watchdog until restore_watchdog
+    (restarted: a running process keeps the watchdog it was started with)."""
+    unit = unit_of(daemon)
+    path = NO_WATCHDOG_DROPIN.format(unit=unit)
+    sh(lab, node, f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0])} && "
+       f"printf '[Service]\\nWatchdogSec=0\\n' > {shlex.quote(path)}", check=True)
+    _restart_unit(lab, node, unit)
+    assert watchdog_sec(lab, node, unit) == 0, f"{unit} on {node} still has a watchdog"
+
+
+def restore_watchdog(lab, node, daemon):
+    """Remove disable_watchdog's drop-in (if any) and restart the unit with its watchdog."""
+    unit = unit_of(daemon)
+    path = NO_WATCHDOG_DROPIN.format(unit=unit)
+    if sh(lab, node, f"test -e {shlex.quote(path)}").returncode == 0:
+        sh(lab, node, f"rm -f {shlex.quote(path)}", check=True)
+        _restart_unit(lab, node, unit)
+
+
 def wait_worker_judgeable(lab, node, timeout=150):
     """Wait until node's worker is older than the start grace (a younger one is not judged: its
     hang would only be seen later) and answers a ping; seconds waited."""
@@ -487,6 +530,7 @@ def restore_cluster(lab):
             "systemctl is-active -q $u || { systemctl reset-failed $u; systemctl start $u; }; done", False, 180)
     for w in workers(lab):
         attempt(unhang_worker, lab, w)
+        attempt(restore_watchdog, lab, w, "worker")
     try:
         mode, active = scheduler_placement(lab)
     except Exception:  # noqa: BLE001

@@ -20,7 +20,8 @@ import pytest
 
 from tests.lab.helpers import (DB_NODE, SALT_NODE, SALT_PYTHON, WORKER, _json, api_server_healthy,
                                audit_since, backend_up, broker_unit, dag_run_state, db_unit, db_up,
-                               enable_healing, hang_worker, haproxy_info, haproxy_reloads,
+                               disable_watchdog, enable_healing, hang_worker, haproxy_info,
+                               haproxy_reloads, restore_watchdog,
                                heartbeating, hold, main_pid, masters, restore_cluster,
                                runner_setting, salt_json, scheduler_placement, sh, trigger_dag_run,
                                unhang_worker, unit_of, unit_problems, wait_for, wait_green,
@@ -298,7 +299,11 @@ def test_incident_e_event_storm_with_hung_worker(incident_lab, results_file):
     its last event (or to the worker's recovery if later). Cross-checked by sampling the pid in
     haproxy's `show info` every 0.5 s (in master-worker mode, Debian's `-Ws`, each reload forks
     a new worker, which answers the socket): sampling alone could miss two reloads within one
-    interval, the journal cannot; the larger count is asserted."""
+    interval, the journal cannot; the larger count is asserted.
+
+    The worker's systemd watchdog is off for this test (a runtime drop-in): it would restart
+    the SIGSTOPped worker by itself within seconds, and this incident is about the runner path
+    under a storm, the second line for hangs the keep-alive cannot see (a deadlock)."""
     lab = incident_lab
     node = STORM_WORKER
     wait_green(lab, GREEN_BEFORE, what="cluster green before the incident")
@@ -312,6 +317,7 @@ def test_incident_e_event_storm_with_hung_worker(incident_lab, results_file):
     sampler_stop = threading.Event()
     threads = []
     try:
+        disable_watchdog(lab, node, "worker")
         # 1. the quiet reference: the same hang, no storm
         wait_worker_judgeable(lab, node)
         hang_worker(lab, node)
@@ -367,6 +373,7 @@ def test_incident_e_event_storm_with_hung_worker(incident_lab, results_file):
     finally:
         sampler_stop.set()
         unhang_worker(lab, node)
+        restore_watchdog(lab, node, "worker")
         for t in threads:
             t.join(150)
         _record(results_file, rec, t0, ok)
@@ -382,10 +389,15 @@ def test_incident_f_salt_master_restart_during_hang(incident_lab, results_file):
     Proves: once the master is back, the hang is remediated exactly once (one audit record
     with attempt true for worker1's worker, action kill-restart; none more within 15 s after
     it: no event replayed or doubled by the restart) and worker1 answers a Celery ping.
-    Records the seconds to the master answering, to worker1 answering, to the audit record."""
+    Records the seconds to the master answering, to worker1 answering, to the audit record.
+
+    The worker's systemd watchdog is off for this test (a runtime drop-in): with it systemd
+    restarts the hung worker by itself, master or not (test_self_healing.py
+    test_hung_worker_restarted_by_its_watchdog); this incident is about the runner path."""
     lab = incident_lab
     node = WORKER
     wait_green(lab, GREEN_BEFORE, what="cluster green before the incident")
+    disable_watchdog(lab, node, "worker")
     wait_worker_judgeable(lab, node)
     rec = {"test": "f_salt_master_restart_during_hang", "worker": node}
     t_wall = time.time()
@@ -414,6 +426,7 @@ def test_incident_f_salt_master_restart_during_hang(incident_lab, results_file):
         ok = True
     finally:
         unhang_worker(lab, node)
+        restore_watchdog(lab, node, "worker")
         _record(results_file, rec, t0, ok)
         if not ok:
             restore_cluster(lab)

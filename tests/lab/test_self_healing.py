@@ -23,8 +23,9 @@ HAPROXY_SERVER_TIMEOUT_S = int(re.search(
 
 # ------------------------------------------------------------------ helpers (tests/lab/helpers.py)
 from tests.lab.helpers import (  # noqa: E402
-    WORKER, active_for, active_scheduler, audit_since, enable_healing, haproxy_servers,
-    heartbeat, hold, main_pid, salt_json, salt_run_json, sh, start_grace, wait_for,
+    WORKER, active_for, active_scheduler, audit_since, enable_healing, formula_defaults,
+    hang_worker, haproxy_servers, heartbeat, hold, main_pid, salt_json, salt_run_json, sh,
+    start_grace, unhang_worker, unit_of, wait_for, wait_worker_judgeable, watchdog_sec,
     worker_ping_ok)
 
 
@@ -51,9 +52,48 @@ def test_worker_kill9_systemd_restarts(healing, results_file):
                                   "detection_s": round(detect, 1), "recovery_s": round(recovery, 1)})
 
 
-# ------------------------------------------------------------------ 2. hang -> beacon/reactor
-# The SIGSTOP hang of a worker (beacon -> reactor -> kill-restart) is incident e's quiet phase
-# (tests/lab/test_incidents.py): measured there, in the same run as the storm it is compared to.
+# ------------------------------------------------------------------ 2. hang -> systemd watchdog
+# A SIGSTOPped worker sends no WATCHDOG=1: systemd kills and restarts it by itself, with no
+# event. The same hang through the second line (beacon -> reactor -> kill-restart, watchdog off
+# by a runtime drop-in) is incident e's quiet phase and incident f (tests/lab/test_incidents.py).
+@pytest.mark.timeout(300)
+def test_hung_worker_restarted_by_its_watchdog(healing, results_file):
+    """Proves: a SIGSTOP hang of every process of airflow-worker ends with systemd's watchdog
+    (result 'watchdog' in the unit's journal), the worker answers a Celery ping again within
+    WatchdogSec + RestartSec + a start, the runner takes no action of its own on it (no
+    remediation with attempt), and the reconcile audits the restart (systemd-restart,
+    watchdog true) within one reconcile period."""
+    lab = healing
+    unit = unit_of("worker")
+    wdog = watchdog_sec(lab, WORKER, unit)
+    assert wdog > 0, f"{unit} on {WORKER} has no WatchdogSec (airflow:worker:watchdog_sec)"
+    wait_worker_judgeable(lab, WORKER)
+    pid = main_pid(lab, WORKER, unit)
+    t_wall = time.time()
+    t0 = time.monotonic()
+    try:
+        hang_worker(lab, WORKER)
+        killed, _ = wait_for(lambda: main_pid(lab, WORKER, unit) not in (0, pid), 60, 0.2,
+                             "systemd replaced the hung worker")
+        wait_for(lambda: worker_ping_ok(lab), 120, 0.5, "worker answers ping")
+        recovery = time.monotonic() - t0
+    finally:
+        unhang_worker(lab, WORKER)  # a no-op for the new process; the old one if it was missed
+    causes = salt_json(lab, WORKER, "airflow_health.restart_causes", "worker").get(WORKER) or {}
+    assert any(f.get("result") == "watchdog" and f.get("at", 0) >= t_wall - 1
+               for f in causes.get("failures", [])), causes
+    restart_sec = float(formula_defaults()["systemd"]["restart_sec"])
+    # WatchdogSec + RestartSec + a start (the bench measures it against the bare restart)
+    assert recovery <= wdog + restart_sec + 30, f"back after {recovery:.1f} s"
+    rec, audited = wait_for(lambda: audit_since(lab, t_wall, minion=WORKER, daemon="worker",
+                                                action="systemd-restart"), 75, 2,
+                            "the reconcile's systemd-restart record")
+    assert audited[-1].get("watchdog") is True, audited
+    assert not audit_since(lab, t_wall, limit=500, minion=WORKER, daemon="worker", attempt=True), \
+        "the runner acted on a hang systemd's watchdog handled"
+    results_file("self-healing", {"test": "worker_hang_watchdog", "layer": "systemd-watchdog",
+                                  "watchdog_s": wdog, "detection_s": round(killed, 1),
+                                  "recovery_s": round(recovery, 1), "audit_s": round(rec, 1)})
 
 
 # ------------------------------------------------------------------ 3. no lost task

@@ -128,6 +128,44 @@ def test_stopped_scheduler_gets_no_reset(highstate):
     assert "airflow-scheduler-reset-failed" not in states
 
 
+# ------------------------------------------------------------------ systemd watchdog
+with open(os.path.join(REPO, "salt", "airflow", "defaults.yaml"), encoding="utf-8") as _fh:
+    _DEFAULTS = __import__("yaml").safe_load(_fh)["airflow"]
+WATCHDOG_KEYS = ("WatchdogSec", "WatchdogSignal", "NotifyAccess")
+
+
+@pytest.mark.parametrize("minion,name,seconds", [
+    ("worker1", "worker", _DEFAULTS["worker"]["watchdog_sec"]),       # its own, shorter
+    ("master1", "scheduler", _DEFAULTS["systemd"]["watchdog_sec"]),
+    ("master1", "api-server", _DEFAULTS["systemd"]["watchdog_sec"]),
+])
+def test_keepalive_daemon_has_a_watchdog_and_needs_the_keepalive(salt_cli, highstate, minion, name, seconds):
+    states = highstate(minion)
+    s = _sections(_unit_text(salt_cli, states, name, minion))
+    for pair in [("WatchdogSec", str(seconds)), ("WatchdogSignal", "SIGKILL"), ("NotifyAccess", "main")]:
+        assert pair in s["Service"], pair
+    svc = states[f"airflow-{name}-service"]
+    # a start without the keep-alive in the venv would be killed every WatchdogSec
+    assert {"cmd": "airflow-install-watchdog-pth"} in svc["require"], svc["require"]
+    module = states["airflow-install-watchdog-module"]
+    assert module["name"] == "/opt/airflow/airflow_watchdog.py"
+    assert module["source"][-1] == "salt://airflow/files/airflow_watchdog.py"
+    pth = states["airflow-install-watchdog-pth"]
+    assert "airflow_watchdog.pth" in pth["name"] and "cmp -s /opt/airflow/airflow_watchdog.py" in pth["unless"]
+    assert {"file": "airflow-install-watchdog-module"} in pth["require"]
+
+
+def test_watchdog_off_by_pillar(salt_cli):
+    ret = salt_cli.run("state.show_sls", "airflow.worker",
+                       'pillar={"airflow": {"worker": {"watchdog_sec": 0}}}', minion_tgt="worker1")
+    assert ret.returncode == 0, ret
+    states = parse_states(ret.data)
+    s = _sections(_render(salt_cli, states["airflow-worker-unit"]["source"][-1],
+                          states["airflow-worker-unit"]["context"], "worker1"))
+    assert not [k for k, _ in s["Service"] if k in WATCHDOG_KEYS]
+    assert {"cmd": "airflow-install-watchdog-pth"} not in states["airflow-worker-service"]["require"]
+
+
 # ------------------------------------------------------------------ stateful tier
 STATEFUL = [  # (sls, daemon, unit, Restart=)
     ("db", "postgresql", "postgresql@15-main", "on-failure"),

@@ -13,7 +13,7 @@ _spec.loader.exec_module(T)
 def test_table_shape_and_copies():
     rows = T.table()
     assert [r["name"] for r in rows] == T.names()
-    assert all(set(r) == {"name", "unit", "role", "probe", "needs"} for r in rows)
+    assert all(set(r) == {"name", "unit", "role", "probe", "needs", "keepalive"} for r in rows)
     assert {r["probe"] for r in rows} == {"unit", "api", "heartbeat", "ping", "sql", "amqp",
                                           "socket"}
     # dependencies are daemons of the table, and the stateful tier depends on nothing
@@ -26,10 +26,17 @@ def test_table_shape_and_copies():
     assert T.__virtual__() == "airflow_daemons"
 
 
+def test_keepalive_only_where_the_venv_python_is_the_main_process():
+    # a watchdog on a daemon that never sends WATCHDOG=1 would kill it every WatchdogSec
+    assert T.keepalive_daemons() == [r["name"] for r in T.table() if r["unit"].startswith("airflow-")]
+    assert not {"postgresql", "rabbitmq", "haproxy"} & set(T.keepalive_daemons())
+    assert all(isinstance(r["keepalive"], bool) for r in T.table())
+
+
 def test_lookups():
     assert T.get("worker") == {"name": "worker", "unit": "airflow-worker",
                                "role": "airflow-worker", "probe": "ping",
-                               "needs": ["rabbitmq", "postgresql"]}
+                               "needs": ["rabbitmq", "postgresql"], "keepalive": True}
     assert T.unit_of("postgresql", postgresql_version=15) == "postgresql@15-main"
     with pytest.raises(KeyError, match="postgresql_version"):
         T.unit_of("postgresql")

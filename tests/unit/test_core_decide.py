@@ -521,3 +521,23 @@ def test_rate_limit_junk_disabled_and_clock_back():
         {"start": 1.0, "count": 99}, "allow")
     assert D.rate_limit(None, 2.0, 5, 0) == ({}, "allow")
     assert D.rate_limit({"start": 1.0, "count": 1}, 2.0, 1, 10)[1] == "audit"
+
+
+def test_systemd_restarts_counts_up_only():
+    units = {"worker1": {"worker": {"status": "ok", "n_restarts": 2}},
+             "master1": {"scheduler": {"status": "ok", "n_restarts": 0},
+                         "api-server": {"status": "ok"}},                 # older module: no count
+             "bad id!": {"worker": {"n_restarts": 9}}}
+    seen, restarted = D.systemd_restarts(T, None, units)
+    assert restarted == [("worker1", "worker", 0, 2)]                     # first pass: since 0
+    assert seen == {"worker1/worker": 2, "master1/scheduler": 0}
+    assert D.systemd_restarts(T, seen, units) == (seen, [])              # nothing new: silent
+    units["worker1"]["worker"]["n_restarts"] = 3                         # the watchdog again
+    seen, restarted = D.systemd_restarts(T, seen, units)
+    assert restarted == [("worker1", "worker", 2, 3)]
+    units["worker1"]["worker"]["n_restarts"] = 0                         # a manual restart
+    seen, restarted = D.systemd_restarts(T, seen, units)
+    assert restarted == [] and seen["worker1/worker"] == 0
+    # junk counts and unknown daemons are left out; an unanswered node keeps its count
+    units = {"worker1": {"worker": {"n_restarts": True}, "sshd": {"n_restarts": 4}}}
+    assert D.systemd_restarts(T, seen, units) == (seen, [])

@@ -507,7 +507,36 @@ def test_units_reports_enabled(node, monkeypatch):
                                                           "active_state": "failed"})
     ah.__salt__ = {"cmd.run_all": lambda argv, **kw: {"retcode": 0, "stdout": "enabled\n"}}
     assert ah.units() == {"postgresql": {"status": "dead", "active_state": "failed",
-                                         "sub_state": None, "starting": None, "enabled": True}}
+                                         "sub_state": None, "starting": None, "enabled": True,
+                                         "n_restarts": None, "result": None}}
+
+
+def test_units_report_systemds_own_restarts_and_result(node, monkeypatch):
+    ah.__grains__ = {"roles": ["airflow-worker"]}
+    show = SHOW_RUNNING + "Result=success\n"
+    ah.__salt__ = {"cmd.run_all": lambda argv, **kw: {
+        "retcode": 0, "stdout": show if argv[1] == "show" else "enabled\n"}}
+    monkeypatch.setattr(ah, "_unit_uptime", lambda props: 300.0)
+    unit = ah.units()["worker"]
+    assert unit["n_restarts"] == 3 and unit["result"] == "success" and unit["status"] == "ok"
+
+
+def test_restart_causes_reads_the_unit_failure_records_of_the_journal(node):
+    lines = "\n".join([
+        '{"__REALTIME_TIMESTAMP": "1764633600000000", "UNIT_RESULT": "watchdog"}',
+        'not json',
+        '{"__REALTIME_TIMESTAMP": "1764633700500000", "UNIT_RESULT": "signal"}',
+        '{"__REALTIME_TIMESTAMP": "1764633800000000"}'])
+    run = _run(lines)
+    ah.__salt__ = {"cmd.run_all": run}
+    res = ah.restart_causes("worker", limit=3)
+    assert res == {"unit": "airflow-worker", "failures": [
+        {"at": 1764633600.0, "result": "watchdog"}, {"at": 1764633700.5, "result": "signal"}]}
+    argv = run.call_args[0][0]
+    assert argv[0] == "journalctl" and "-u" in argv and argv[argv.index("-u") + 1] == "airflow-worker"
+    assert "MESSAGE_ID=" + ah.UNIT_FAILURE_MESSAGE_ID in argv and run.call_args[1]["python_shell"] is False
+    assert argv[argv.index("-n") + 1] == "3"
+    assert ah.restart_causes("sshd")["result"] is False  # only daemons of the table
 
 
 def test_must_yield_only_the_older_of_two_fresh_schedulers():

@@ -381,3 +381,21 @@ def test_the_cluster_network_is_required_and_has_no_default():
     errs = S.errors(FORMULA_DEFAULTS, VALID_ID)
     assert len(errs) == 1 and errs[0].startswith("airflow:network:cidr is required: "), errs
     assert _errors("network:cidr", None)[0].startswith("airflow:network:cidr is required")
+
+
+# ------------------------------------------------------------------ systemd watchdog
+def test_watchdog_defaults():
+    assert DEFAULTS["systemd"]["watchdog_sec"] == 5
+    # the worker's is shorter (its hang recovery target, issue 12): each beat a third of it
+    assert 0 < DEFAULTS["worker"]["watchdog_sec"] < DEFAULTS["systemd"]["watchdog_sec"]
+
+
+def test_watchdog_values():
+    assert _errors("systemd:watchdog_sec", 0) == []              # off
+    assert _errors("worker:watchdog_sec", 0) == []                # off for the worker
+    assert _errors("worker:watchdog_sec", -1) == [
+        "airflow:worker:watchdog_sec must be an integer >= 0, not -1"]
+    assert _errors("systemd:watchdog_sec", "5s") == [
+        "airflow:systemd:watchdog_sec must be an integer >= 0, not '5s'"]
+    assert _errors("systemd:watchdog_sec", True) == [
+        "airflow:systemd:watchdog_sec must be an integer >= 0, not True"]

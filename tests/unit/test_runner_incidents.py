@@ -193,3 +193,37 @@ def test_failover_asks_a_slow_standby_again_before_giving_up(env):
     env.ops.handler = _scheduler_handler(STALE)
     res = env.rn.failover_scheduler("presence", failed="master1", failed_reachable=False)
     assert res["result"] != "no-candidate" and res.get("new") == "master2"
+
+
+def test_reconcile_audits_a_restart_systemd_did_on_its_own(env):
+    # the watchdog killed and restarted a hung worker: no event, no runner job; the reconcile
+    # sees NRestarts go up, reads the cause from the node's journal, and audits it (only)
+    units = _units(worker1__worker={"status": "ok", "enabled": True, "n_restarts": 0})
+    handler = _reconcile_handler(units)
+    asked = []
+
+    def wrapped(minion, fun, args):
+        if fun == "airflow_health.restart_causes":
+            asked.append((minion, args))
+            return {"unit": "airflow-worker", "failures": [
+                {"at": 1764633600.0, "result": "watchdog"}, {"at": 1, "result": "evil; rm -rf /"}]}
+        return handler(minion, fun, args)
+
+    env.ops.handler = wrapped
+    assert env.rn.reconcile()["result"] == "in-sync" and asked == []   # the baseline
+    units["worker1"]["worker"]["n_restarts"] = 1
+    res = env.rn.reconcile()
+    assert res["result"] == "in-sync"                                 # observed, not acted on
+    assert res["systemd_restarts"] == {"worker1/worker": ["watchdog"]}
+    assert asked == [("worker1", ("worker", 1))]
+    rec = env.audit()[-1]
+    assert rec["action"] == "systemd-restart" and rec["outcome"] == "observed"
+    assert rec["minion"] == "worker1" and rec["daemon"] == "worker" and rec["watchdog"] is True
+    assert rec["n_restarts"] == 1 and rec["previous"] == 0
+    assert rec["causes"] == [{"result": "watchdog", "at": 1764633600.0}]  # no free text
+    acting = {"airflow_health.restart", "airflow_health.stop", "airflow_health.start",
+              "airflow_health.kill_unit", "state.apply"}
+    assert not acting & set(env.ops.funs())
+    count = len(env.audit())
+    env.rn.reconcile()                                                # the same count: silent
+    assert len(env.audit()) == count

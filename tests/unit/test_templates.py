@@ -55,6 +55,23 @@ def test_unit_exec_condition(env):
     assert "ExecCondition=/opt/airflow/venv/bin/python /opt/airflow/scheduler-guard.py" in s["Service"]
 
 
+WATCHDOG_LINES = ("WatchdogSec", "WatchdogSignal", "NotifyAccess")
+
+
+def test_unit_watchdog(env):
+    template = env.get_template("airflow/files/airflow-daemon.service.jinja")
+    s = _sections(template.render(**dict(UNIT_CONTEXT, watchdog_sec=3)))
+    # SIGKILL: a SIGSTOPped main process cannot act on SIGABRT; main: only it feeds the watchdog
+    for line in ["WatchdogSec=3", "WatchdogSignal=SIGKILL", "NotifyAccess=main",
+                 "Restart=on-failure"]:
+        assert line in s["Service"], line
+    assert not any(line.startswith(WATCHDOG_LINES) for line in s["Unit"])
+    # off (0), and a TOFS override's context without the key: no watchdog at all
+    for ctx in (dict(UNIT_CONTEXT, watchdog_sec=0), UNIT_CONTEXT):
+        s = _sections(template.render(**ctx))
+        assert not any(line.startswith(WATCHDOG_LINES) for line in s["Service"])
+
+
 def test_airflow_cfg_escapes_percent(env):
     settings = {"database": {"sql_alchemy_conn": "postgresql+psycopg2://a:p%25w@h:5432/d"},
                 "core": {"executor": "CeleryExecutor", "load_examples": "False"},
