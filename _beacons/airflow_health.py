@@ -148,7 +148,8 @@ def _ping_worker(ping_fn):
 def _start_ping():
     """Start a background ping unless one is running (the module's timeout applies)."""
     # look the function up BEFORE starting the thread (__salt__ is not thread-safe to load)
-    ping_fn = __salt__["airflow_health.worker_ping"]
+    worker_ping = __salt__["airflow_health.worker_ping"]
+    ping_fn = lambda: worker_ping(resident=True)  # noqa: E731  one long-lived probe process
     thread = _PING["thread"]
     if thread is None or not thread.is_alive():
         _PING["thread"] = threading.Thread(target=_ping_worker, args=(ping_fn,),

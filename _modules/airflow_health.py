@@ -22,7 +22,10 @@ import json
 import logging
 import os
 import re
+import select
 import socket
+import subprocess
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +97,42 @@ finally:
     app.close()
 print(json.dumps(replies))
 """
+
+
+#: The beacon's worker ping, resident: one venv Python that imported Celery once and answers a
+#: ping per request line ("<destination> <timeout>"), with one JSON line. A fresh Python per ping
+#: (import celery, connect) cost ~0.3 CPU-s every beacon interval, forever, on every worker.
+#: The broker URL (a secret) comes as the first line on stdin. It exits on EOF, on an error (the
+#: minion starts a new one: a broker restart leaves no half-dead connection behind) and after
+#: IDLE seconds without a request (a minion that reloaded its modules or died leaves no orphan).
+_PING_RESIDENT_SCRIPT = r"""
+import json, signal, sys
+from celery import Celery
+signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
+url = sys.stdin.readline().strip()
+app = Celery(broker=url)
+app.conf.broker_connection_retry_on_startup = False
+app.conf.broker_connection_timeout = float(sys.argv[2])
+while True:
+    # a timer, not select(): stdin's buffer may already hold the next line
+    signal.setitimer(signal.ITIMER_REAL, float(sys.argv[1]))
+    line = sys.stdin.readline()
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    if not line:
+        break
+    dest, timeout = line.split()
+    try:
+        print(json.dumps({"replies": app.control.ping(destination=[dest], timeout=float(timeout))}),
+              flush=True)
+    except Exception as exc:
+        print(json.dumps({"error": (type(exc).__name__ + ": " + str(exc))[:300]}), flush=True)
+        break
+app.close()
+"""
+#: A resident ping process with no request for this long exits (s; the beacon asks every interval).
+RESIDENT_IDLE = 60
+
+_RESIDENT = {"proc": None, "key": None, "lock": threading.Lock()}
 
 
 def __virtual__():
@@ -532,10 +571,14 @@ def backend_health(backend=None, timeout=3):
     return out
 
 
-def worker_ping(timeout=None, hostname=None):
+def worker_ping(timeout=None, hostname=None, resident=False):
     """
     Celery ping of THIS node's worker (``celery@<hostname>``) through the broker, waiting
     ``timeout`` seconds (default: the node setting ``worker_ping_timeout``).
+
+    ``resident=True`` (the beacon, every interval) asks a long-lived probe process instead of
+    starting a Python for this one ping. The CLI and the runner's re-probe keep the default: a
+    fresh process, independent of whatever state the resident one is in.
 
     Returns ``{'status': ok|hung, 'destination', 'detail'}`` (``error`` if it cannot probe).
 
@@ -545,6 +588,7 @@ def worker_ping(timeout=None, hostname=None):
 
         salt worker1 airflow_health.worker_ping
         salt worker1 airflow_health.worker_ping timeout=2
+        salt worker1 airflow_health.worker_ping resident=True
     """
     host = hostname or _hostname()
     # hostnames share the minion-id charset: nothing a shell or Celery could interpret
@@ -559,15 +603,72 @@ def worker_ping(timeout=None, hostname=None):
     except (OSError, KeyError, configparser.Error) as exc:
         return {"status": "error", "destination": dest, "detail": str(exc)}
     wait = conf["worker_ping_timeout"] if timeout is None else float(timeout)
-    res = _run_probe(conf, _PING_SCRIPT, url, args=(dest, str(wait)), timeout=wait + 20)
-    if res.get("retcode"):
-        return {"status": "error", "destination": dest, "detail": _probe_failure(res)}
-    try:
-        replies = _last_json_line(res)
-    except ValueError as exc:
-        return {"status": "error", "destination": dest, "detail": str(exc)}
+    if resident:
+        try:
+            replies = _resident_ping(conf, url, dest, wait)
+        except (OSError, ValueError) as exc:
+            return {"status": "error", "destination": dest, "detail": str(exc)}
+    else:
+        res = _run_probe(conf, _PING_SCRIPT, url, args=(dest, str(wait)), timeout=wait + 20)
+        if res.get("retcode"):
+            return {"status": "error", "destination": dest, "detail": _probe_failure(res)}
+        try:
+            replies = _last_json_line(res)
+        except ValueError as exc:
+            return {"status": "error", "destination": dest, "detail": str(exc)}
     answered = any(dest in r for r in replies or [] if isinstance(r, dict))
     return {"status": "ok" if answered else "hung", "destination": dest, "detail": replies}
+
+
+def _stop_resident():
+    proc = _RESIDENT["proc"]
+    _RESIDENT.update(proc=None, key=None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+    if proc is not None:
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def _resident_ping(conf, url, dest, wait):
+    """Replies of one Celery ping through the resident process (started or replaced as needed).
+
+    Raises OSError/ValueError when it cannot answer (it is then stopped: the next ping starts a
+    new one)."""
+    python = os.path.join(conf["venv"], "bin", "python")
+    key = (python, url, wait)
+    with _RESIDENT["lock"]:
+        proc = _RESIDENT["proc"]
+        if proc is None or proc.poll() is not None or _RESIDENT["key"] != key:
+            _stop_resident()
+            if not os.path.exists(python):
+                raise OSError(f"{python} missing")
+            # a long-lived child cannot go through cmd.run (which waits for it to end)
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                [python, "-c", _PING_RESIDENT_SCRIPT, str(RESIDENT_IDLE), str(wait)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env={"HOME": conf["home"]}, cwd="/", text=True, close_fds=True)
+            _RESIDENT.update(proc=proc, key=key)
+            proc.stdin.write(url + "\n")
+        try:
+            proc.stdin.write(f"{dest} {wait}\n")
+            proc.stdin.flush()
+            # the first answer includes the import (a few s on a loaded host)
+            if not select.select([proc.stdout], [], [], wait + 20)[0]:
+                raise OSError("resident ping did not answer")
+            answer = json.loads(proc.stdout.readline() or "null")
+            if not isinstance(answer, dict):
+                raise ValueError("resident ping ended")
+            if "error" in answer:
+                raise ValueError(f"resident ping: {answer['error']}")
+            return answer.get("replies")
+        except (OSError, ValueError):
+            _stop_resident()
+            raise
 
 
 def _haproxy_cmd(command, sock_path, timeout=3):

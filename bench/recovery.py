@@ -331,7 +331,8 @@ def phases(lab, t_wall, t_healthy_wall, fault):
         done = min(out[0]["ts"], t_healthy_wall)
         result["act_s"] = round(max(0.0, done - first["ts"]), 2)
         result["verify_s"] = round(max(0.0, t_healthy_wall - out[0]["ts"]), 2)
-        result["outcome_after_healthy_s"] = round(max(0.0, out[0]["ts"] - t_healthy_wall), 2)
+        if out[0]["ts"] > t_healthy_wall:
+            result["outcome_after_healthy_s"] = round(out[0]["ts"] - t_healthy_wall, 2)
         result["action"] = first.get("intent")
     return result
 

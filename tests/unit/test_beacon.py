@@ -129,7 +129,8 @@ class Pings:
         self.calls = 0
         self.go = threading.Semaphore(0)
 
-    def __call__(self):
+    def __call__(self, resident=False):
+        assert resident, "the beacon pings through the resident probe process"
         self.calls += 1
         assert self.go.acquire(timeout=5)
         return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]

@@ -203,3 +203,7 @@ def test_phases_come_from_the_audit_records(monkeypatch):
     got = recovery.phases(None, 100.0, 111.0, recovery.ALL["worker_hang"])
     assert got == {"detect_s": 2.5, "decide_s": 1.5, "act_s": 6.0, "verify_s": 1.0, "action": "restart"}
     assert recovery.phases(None, 100.0, 111.0, recovery.ALL["metastore_restart"]) == {}
+    # the runner's outcome written after our probe said healthy: act ends at healthy, verify 0
+    late = recovery.phases(None, 100.0, 108.0, recovery.ALL["worker_hang"])
+    assert late == {"detect_s": 2.5, "decide_s": 1.5, "act_s": 4.0, "verify_s": 0.0,
+                    "outcome_after_healthy_s": 2.0, "action": "restart"}

@@ -599,3 +599,91 @@ def test_address_follows_the_one_network_key(monkeypatch):
     monkeypatch.setattr(ah, "__pillar__", {"airflow": {}}, raising=False)
     assert ah.address() == []                        # no network: no address (map.jinja names the key)
     assert ah.address(cidr="10.20.0.5/16") == []     # not a network
+
+
+# ------------------------------------------------------------------ the beacon's resident ping
+FAKE_CELERY = '''
+import os
+class _Control:
+    def ping(self, destination, timeout):
+        if os.path.exists(os.path.join(os.path.dirname(__file__), "fail")):
+            raise ConnectionResetError("broker went away")
+        return [{destination[0]: {"ok": "pong"}}]
+class Celery:
+    def __init__(self, broker):
+        with open(os.path.join(os.path.dirname(__file__), "broker"), "w") as fh:
+            fh.write(broker)
+        self.conf = type("Conf", (), {})()
+        self.control = _Control()
+    def close(self):
+        pass
+'''
+
+
+@pytest.fixture
+def resident(tmp_path):
+    """A venv whose python is the real one with a stand-in celery module (the real script runs)."""
+    import sys
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "celery.py").write_text(FAKE_CELERY)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    py = venv / "bin" / "python"
+    py.write_text(f"#!/bin/sh\nPYTHONPATH={fake} exec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    conf = dict(NODE, venv=str(venv), home=str(tmp_path))
+    yield conf, fake
+    with ah._RESIDENT["lock"]:
+        ah._stop_resident()
+
+
+def test_resident_ping_reuses_one_process_and_keeps_the_url_off_argv(resident):
+    conf, fake = resident
+    url = "amqp://airflow:s3cret@infra:5672/airflow"
+    assert ah._resident_ping(conf, url, "celery@w1", 2.0) == [{"celery@w1": {"ok": "pong"}}]
+    pid = ah._RESIDENT["proc"].pid
+    assert ah._resident_ping(conf, url, "celery@w1", 2.0) == [{"celery@w1": {"ok": "pong"}}]
+    assert ah._RESIDENT["proc"].pid == pid, "a second ping started a second process"
+    assert (fake / "broker").read_text() == url                       # the url came on stdin
+    assert b"s3cret" not in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_resident_ping_error_ends_the_process_and_the_next_ping_starts_anew(resident):
+    conf, fake = resident
+    url = "amqp://u:p@infra/airflow"
+    ah._resident_ping(conf, url, "celery@w1", 2.0)
+    first = ah._RESIDENT["proc"]
+    (fake / "fail").write_text("")
+    with pytest.raises(ValueError, match="broker went away"):
+        ah._resident_ping(conf, url, "celery@w1", 2.0)
+    assert ah._RESIDENT["proc"] is None and first.poll() is not None
+    (fake / "fail").unlink()
+    assert ah._resident_ping(conf, url, "celery@w1", 2.0) == [{"celery@w1": {"ok": "pong"}}]
+    assert ah._RESIDENT["proc"].pid != first.pid
+
+
+def test_resident_ping_new_url_replaces_the_process(resident):
+    conf, fake = resident
+    ah._resident_ping(conf, "amqp://u:old@infra/airflow", "celery@w1", 2.0)
+    old = ah._RESIDENT["proc"]
+    ah._resident_ping(conf, "amqp://u:rotated@infra/airflow", "celery@w1", 2.0)
+    assert old.poll() is not None and (fake / "broker").read_text().endswith("rotated@infra/airflow")
+
+
+def test_resident_ping_exits_when_nobody_asks(resident, monkeypatch):
+    conf, _ = resident
+    monkeypatch.setattr(ah, "RESIDENT_IDLE", 0.5)
+    ah._resident_ping(conf, "amqp://u:p@infra/airflow", "celery@w1", 2.0)
+    proc = ah._RESIDENT["proc"]
+    proc.wait(timeout=10)          # an orphan (minion reloaded or gone) does not linger
+    assert proc.returncode == 0
+
+
+def test_worker_ping_resident_answers_like_the_fresh_probe(resident, node, monkeypatch):
+    conf, _ = resident
+    monkeypatch.setattr(ah, "_settings", lambda: conf)
+    monkeypatch.setattr(ah, "_cfg_value", lambda *a: "amqp://u:p@infra/airflow")
+    monkeypatch.setattr(ah, "_hostname", lambda: "worker1")
+    res = ah.worker_ping(resident=True)
+    assert res["status"] == "ok" and res["destination"] == "celery@worker1"
