@@ -34,9 +34,7 @@ from .common import REPO, LabError, progress
 
 RESULTS = REPO / "results" / "vagrant.json"
 STATE_DIR = Path("/var/lib/airflow-vagrant")      # vagrant's machine state, out of the work tree
-TOPOLOGY_VMS = {"full": ["salt", "infra", "master1", "master2", "worker1", "worker2"],
-                "small": ["salt", "infra", "master1", "worker1"]}
-WORKERS = {"full": ["worker1", "worker2"], "small": ["worker1"]}
+TOPOLOGIES = ("full", "small")     # the Vagrantfile's AIRFLOW_VM_TOPOLOGY values; it lists the VMs
 HOST_TOOLS = {"vagrant": "vagrant", "virsh": "libvirt-clients", "libvirtd": "libvirt-daemon-system",
               "qemu-system-x86_64": "qemu-system-x86"}
 SMOKE_DAG = "cluster_smoke"
@@ -87,6 +85,19 @@ def vagrant(env: dict, *argv: str, timeout: float = 3600, log: Path | None = Non
         out.flush()
         return subprocess.run(["vagrant", *argv], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                               text=True, timeout=timeout)
+
+
+def machines(env: dict) -> list[str]:
+    """The VMs of the selected topology, in the Vagrantfile's order (salt first)."""
+    p = vagrant(env, "status", "--machine-readable", timeout=120)
+    if p.returncode != 0:
+        raise LabError(f"vagrant status: {(p.stdout + p.stderr)[-1000:]}")
+    names = []
+    for line in p.stdout.splitlines():
+        fields = line.split(",")
+        if len(fields) > 3 and fields[2] == "provider-name" and fields[1] not in names:
+            names.append(fields[1])
+    return names
 
 
 def on_salt(env: dict, cmd: str, timeout: float = 600) -> str:
@@ -179,11 +190,9 @@ def smoke_run(api: Api, workers: list[str]) -> dict:
 
 
 def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
-    vms, workers = TOPOLOGY_VMS[topology], WORKERS[topology]
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     log = STATE_DIR / "vagrant.log"
     log.write_text("")
-    progress(f"vagrant: topology {topology} ({', '.join(vms)}), driver {driver}; log {log}")
     t0 = time.monotonic()
     box = ensure_box()
     add_to_vagrant(box)
@@ -198,6 +207,9 @@ def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
     if ca:
         env["AIRFLOW_VM_CA_CERTS"] = str(ca)
     record["extra_ca_certs"] = bool(ca)
+    vms = machines(env)
+    record["vms"] = vms
+    progress(f"vagrant: topology {topology} ({', '.join(vms)}), driver {driver}; log {log}")
     prefix = REPO.name + "_"       # vagrant-libvirt names a domain <Vagrantfile's dir>_<machine>
     record["vm_up_seconds"] = {}
     try:
@@ -211,6 +223,9 @@ def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
             progress(f"vagrant: {vm} up in {record['vm_up_seconds'][vm]}s")
         keys = on_salt(env, "sudo salt-key -l acc --out=json")
         record["accepted_keys"] = sorted(json.loads(keys).get("minions", []))
+        members = json.loads(on_salt(env, "sudo salt-run airflow.roles --out=json"))["members"]
+        workers = sorted(members.get("airflow-worker") or [])
+        record["role_members"] = members
         progress(f"vagrant: accepted keys {record['accepted_keys']}; salt-run state.orchestrate orch.deploy")
         t2 = time.monotonic()
         p = vagrant(env, "ssh", "salt", "-c", "sudo salt-run state.orchestrate orch.deploy", timeout=7200, log=log)
@@ -240,7 +255,7 @@ def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m lab.vagrant_e2e", description=__doc__.split("\n")[0])
-    ap.add_argument("--topology", choices=sorted(TOPOLOGY_VMS), default=os.environ.get("AIRFLOW_VM_TOPOLOGY", "small"))
+    ap.add_argument("--topology", choices=TOPOLOGIES, default=os.environ.get("AIRFLOW_VM_TOPOLOGY", "small"))
     ap.add_argument("--driver", default=os.environ.get("AIRFLOW_VM_LIBVIRT_DRIVER", "kvm"),
                     help="libvirt domain type: kvm, or qemu (software emulation)")
     ap.add_argument("--net", default=os.environ.get("AIRFLOW_VM_NET", "192.168.77"))

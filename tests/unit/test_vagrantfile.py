@@ -81,3 +81,43 @@ def test_the_vagrant_site_pillar_sets_its_own_network():
     t = text()
     assert "/etc/airflow-salt/pillar/airflow_site.sls" in t
     assert "cidr: #{NET}.0/24" in t and "#{SITE_PILLAR}" in t
+
+
+# The Vagrantfile evaluated by Ruby with Vagrant's entry points stubbed: its machine list per
+# topology, without a provider (vagrant status needs a usable one).
+NODES_OF = ('module Vagrant; def self.require_version(*); end; def self.configure(*); end; end; '
+            'load ARGV[0]; puts NODES.keys.join(",")')
+
+
+def _nodes(tmp_path, **env):
+    if not shutil.which("ruby"):
+        pytest.skip("ruby not installed (apt-get install vagrant brings it)")
+    return subprocess.run(["ruby", "-e", NODES_OF, str(VF)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env})
+
+
+def test_topologies_full_by_default_small_on_request(tmp_path):
+    full = _nodes(tmp_path)
+    assert full.returncode == 0, full.stderr
+    assert full.stdout.strip().split(",") == list(EXPECTED)
+    small = _nodes(tmp_path, AIRFLOW_VM_TOPOLOGY="small")
+    assert small.returncode == 0, small.stderr
+    assert small.stdout.strip().split(",") == ["salt", "master1", "worker1", "infra"]
+
+
+def test_bad_topology_or_missing_ca_file_fails_naming_the_variable(tmp_path):
+    bad = _nodes(tmp_path, AIRFLOW_VM_TOPOLOGY="tiny")
+    assert bad.returncode != 0 and "AIRFLOW_VM_TOPOLOGY=tiny" in bad.stderr and "full, small" in bad.stderr
+    ca = _nodes(tmp_path, AIRFLOW_VM_CA_CERTS=str(tmp_path / "nope.pem"))
+    assert ca.returncode != 0 and "AIRFLOW_VM_CA_CERTS=" in ca.stderr and "no such file" in ca.stderr
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert _nodes(tmp_path, AIRFLOW_VM_CA_CERTS=str(pem)).returncode == 0
+
+
+def test_extra_ca_goes_to_the_trust_store_and_to_pip_before_any_download():
+    t = text()
+    assert 'm.vm.provision "extra-ca", type: "file", source: CA_CERTS' in t
+    install = t.split("INSTALL_SALT = <<~SH", 1)[1].split("\nSH\n", 1)[0]
+    assert install.index("update-ca-certificates") < install.index("pip install")
+    assert "cert = /etc/ssl/certs/ca-certificates.crt" in install
