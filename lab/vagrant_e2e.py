@@ -52,6 +52,14 @@ def missing_prerequisites() -> list[str]:
     return missing
 
 
+def default_driver() -> str:
+    """kvm, or qemu (software emulation) where /dev/kvm is missing or is KVM-PVM, which cannot
+    run a stock Debian kernel."""
+    if not os.path.exists("/dev/kvm") or os.path.isdir("/sys/module/kvm_pvm"):
+        return "qemu"
+    return "kvm"
+
+
 def start_libvirt() -> None:
     """libvirtd and virtlogd as plain daemons when nothing started them (no systemd as PID 1 here)."""
     for daemon in ("virtlogd", "libvirtd"):
@@ -256,8 +264,9 @@ def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m lab.vagrant_e2e", description=__doc__.split("\n")[0])
     ap.add_argument("--topology", choices=TOPOLOGIES, default=os.environ.get("AIRFLOW_VM_TOPOLOGY", "small"))
-    ap.add_argument("--driver", default=os.environ.get("AIRFLOW_VM_LIBVIRT_DRIVER", "kvm"),
-                    help="libvirt domain type: kvm, or qemu (software emulation)")
+    ap.add_argument("--driver", default=os.environ.get("AIRFLOW_VM_LIBVIRT_DRIVER") or default_driver(),
+                    help="libvirt domain type: kvm, or qemu (software emulation; the default where "
+                         "/dev/kvm cannot run a stock kernel)")
     ap.add_argument("--net", default=os.environ.get("AIRFLOW_VM_NET", "192.168.77"))
     ap.add_argument("--keep", action="store_true", help="leave the VMs running (vagrant destroy -f later)")
     a = ap.parse_args(argv)
