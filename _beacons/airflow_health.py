@@ -182,7 +182,9 @@ def _status_of(daemon, conf, probe_kind):
     if probe_kind == "ping":
         svc = __salt__["airflow_health.service"](daemon)
         return _worker_status(conf, svc)
-    res = __salt__["airflow_health.probe"](daemon)
+    # the heartbeat through the node's long-lived probe process (a Python start per check is
+    # the beacon's biggest cost); other kinds have no venv process to keep
+    res = __salt__["airflow_health.probe"](daemon, resident=probe_kind == "heartbeat")
     return res.get("status"), res
 
 

@@ -59,28 +59,36 @@ UNIT_RE = re.compile(r"^[A-Za-z0-9@_.-]{1,128}$")  # a systemd unit name, not a 
 BACKEND_RE = re.compile(r"^[\w-]{1,64}$")  # an haproxy backend name
 HAPROXY_STATES = ("ready", "drain", "maint")
 
-_HEARTBEAT_SCRIPT = r"""
-import json, sys
+#: The scheduler heartbeat rows (shared by the one-shot probe and the resident one).
+_HEARTBEAT_CODE = r"""
 from sqlalchemy import create_engine, text
-url = sys.stdin.read().strip()
-args = {"connect_timeout": 5} if url.startswith("postgres") else {}
-eng = create_engine(url, connect_args=args)
-with eng.connect() as conn:
-    now = conn.execute(text("SELECT CURRENT_TIMESTAMP")).scalar()
-    rows = conn.execute(text(
-        "SELECT hostname, latest_heartbeat, start_date FROM job WHERE job_type='SchedulerJob' "
-        "AND state='running' ORDER BY latest_heartbeat DESC")).fetchall()
+def engine(url, **kw):
+    args = {"connect_timeout": 5} if url.startswith("postgres") else {}
+    return create_engine(url, connect_args=args, **kw)
 def secs(n, t):
+    from datetime import datetime
+    n, t = [datetime.fromisoformat(v) if isinstance(v, str) else v for v in (n, t)]  # SQLite: text
     if (t.tzinfo is None) != (n.tzinfo is None):
         n = n.replace(tzinfo=None); t = t.replace(tzinfo=None)
     return round((n - t).total_seconds(), 1)
-out = []
-for host, hb, started in rows:
-    if hb is None:
-        continue
-    out.append({"hostname": host, "age": secs(now, hb),
-                "started": secs(now, started) if started is not None else None})
-print(json.dumps(out))
+def heartbeat_rows(eng):
+    with eng.connect() as conn:
+        now = conn.execute(text("SELECT CURRENT_TIMESTAMP")).scalar()
+        rows = conn.execute(text(
+            "SELECT hostname, latest_heartbeat, start_date FROM job WHERE job_type='SchedulerJob' "
+            "AND state='running' ORDER BY latest_heartbeat DESC")).fetchall()
+    out = []
+    for host, hb, started in rows:
+        if hb is None:
+            continue
+        out.append({"hostname": host, "age": secs(now, hb),
+                    "started": secs(now, started) if started is not None else None})
+    return out
+"""
+
+_HEARTBEAT_SCRIPT = _HEARTBEAT_CODE + r"""
+import json, sys
+print(json.dumps(heartbeat_rows(engine(sys.stdin.read().strip()))))
 """
 
 _PING_SCRIPT = r"""
@@ -99,20 +107,18 @@ print(json.dumps(replies))
 """
 
 
-#: The beacon's worker ping, resident: one venv Python that imported Celery once and answers a
-#: ping per request line ("<destination> <timeout>"), with one JSON line. A fresh Python per ping
-#: (import celery, connect) cost ~0.3 CPU-s every beacon interval, forever, on every worker.
-#: The broker URL (a secret) comes as the first line on stdin. It exits on EOF, on an error (the
-#: minion starts a new one: a broker restart leaves no half-dead connection behind) and after
-#: IDLE seconds without a request (a minion that reloaded its modules or died leaves no orphan).
-_PING_RESIDENT_SCRIPT = r"""
+#: The beacon's probes that need the Airflow venv (the worker's Celery ping, the scheduler
+#: heartbeat in the metastore), resident: one venv Python per kind that imported its library once
+#: and answers one JSON line per request line. A fresh Python per probe (import celery or
+#: sqlalchemy, connect) cost ~0.3 CPU-s every beacon interval, forever, on every node.
+#: The secret URL comes as the first line on stdin (never argv). The process exits on EOF, on an
+#: error (the minion starts a new one: a broker or metastore restart leaves no half-dead
+#: connection behind) and after argv[1] seconds without a request (a minion that reloaded its
+#: modules or died leaves no orphan behind for long).
+_RESIDENT_LOOP = r"""
 import json, signal, sys
-from celery import Celery
 signal.signal(signal.SIGALRM, lambda *_: sys.exit(0))
-url = sys.stdin.readline().strip()
-app = Celery(broker=url)
-app.conf.broker_connection_retry_on_startup = False
-app.conf.broker_connection_timeout = float(sys.argv[2])
+state = setup(sys.stdin.readline().strip(), sys.argv[2:])
 while True:
     # a timer, not select(): stdin's buffer may already hold the next line
     signal.setitimer(signal.ITIMER_REAL, float(sys.argv[1]))
@@ -120,19 +126,38 @@ while True:
     signal.setitimer(signal.ITIMER_REAL, 0)
     if not line:
         break
-    dest, timeout = line.split()
     try:
-        print(json.dumps({"replies": app.control.ping(destination=[dest], timeout=float(timeout))}),
-              flush=True)
+        print(json.dumps({"result": handle(state, line.split())}), flush=True)
     except Exception as exc:
         print(json.dumps({"error": (type(exc).__name__ + ": " + str(exc))[:300]}), flush=True)
         break
-app.close()
 """
-#: A resident ping process with no request for this long exits (s; the beacon asks every interval).
+_RESIDENT_SCRIPTS = {
+    # request: "<destination> <timeout>"; argv[2]: the broker connection timeout
+    "ping": r"""
+from celery import Celery
+def setup(url, argv):
+    app = Celery(broker=url)
+    app.conf.broker_connection_retry_on_startup = False
+    app.conf.broker_connection_timeout = float(argv[0])
+    return app
+def handle(app, request):
+    dest, timeout = request
+    return app.control.ping(destination=[dest], timeout=float(timeout))
+""" + _RESIDENT_LOOP,
+    # request: "rows"; one pooled connection, checked before each use
+    "heartbeat": _HEARTBEAT_CODE + r"""
+def setup(url, argv):
+    return engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+def handle(eng, request):
+    return heartbeat_rows(eng)
+""" + _RESIDENT_LOOP,
+}
+#: A resident probe process with no request for this long exits (s; the beacon asks every
+#: interval, the heartbeat every scheduler_check_every).
 RESIDENT_IDLE = 60
 
-_RESIDENT = {"proc": None, "key": None, "lock": threading.Lock()}
+_RESIDENT = {"procs": {}, "lock": threading.Lock()}
 
 
 def __virtual__():
@@ -466,7 +491,7 @@ def api_server(url=None, timeout=3):
     return out
 
 
-def scheduler_heartbeat(stale_seconds=None, timeout=15):
+def scheduler_heartbeat(stale_seconds=None, timeout=15, resident=False):
     """
     Heartbeats of running SchedulerJobs in the metastore (cluster-wide, not only this node).
     A heartbeat older than ``stale_seconds`` (default: the node setting ``heartbeat_stale``)
@@ -481,6 +506,9 @@ def scheduler_heartbeat(stale_seconds=None, timeout=15):
 
         salt master2 airflow_health.scheduler_heartbeat
         salt master2 airflow_health.scheduler_heartbeat stale_seconds=30
+
+    ``resident=True`` (the beacon) asks the long-lived probe process; the CLI and the runner's
+    re-probe keep the default, a fresh process.
     """
     try:
         conf = _settings()
@@ -490,6 +518,12 @@ def scheduler_heartbeat(stale_seconds=None, timeout=15):
     except (OSError, KeyError, configparser.Error) as exc:
         return {"status": "error", "detail": str(exc)}
     stale = conf["heartbeat_stale"] if stale_seconds is None else float(stale_seconds)
+    if resident:
+        try:
+            rows = _resident_call("heartbeat", conf, url, ("rows",), timeout)
+        except (OSError, ValueError) as exc:
+            return {"status": "error", "detail": str(exc)}
+        return _summarize_heartbeats(rows, stale)
     res = _run_probe(conf, _HEARTBEAT_SCRIPT, url, timeout=timeout)
     if res.get("retcode"):
         return {"status": "error", "detail": _probe_failure(res)}
@@ -620,55 +654,60 @@ def worker_ping(timeout=None, hostname=None, resident=False):
     return {"status": "ok" if answered else "hung", "destination": dest, "detail": replies}
 
 
-def _stop_resident():
-    proc = _RESIDENT["proc"]
-    _RESIDENT.update(proc=None, key=None)
-    if proc is not None and proc.poll() is None:
+def _stop_resident(kind):
+    proc = _RESIDENT["procs"].pop(kind, (None, None))[0]
+    if proc is None:
+        return
+    if proc.poll() is None:
         proc.kill()
-    if proc is not None:
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
 
 
-def _resident_ping(conf, url, dest, wait):
-    """Replies of one Celery ping through the resident process (started or replaced as needed).
+def _resident_call(kind, conf, secret, request, wait, setup_args=()):
+    """One request to the resident probe of ``kind`` (started or replaced as needed): its result.
 
-    Raises OSError/ValueError when it cannot answer (it is then stopped: the next ping starts a
-    new one)."""
+    Raises OSError/ValueError when it cannot answer within ``wait`` + 20 s; it is then stopped
+    and the next call starts a new one."""
     python = os.path.join(conf["venv"], "bin", "python")
-    key = (python, url, wait)
+    key = (python, secret, tuple(setup_args))
     with _RESIDENT["lock"]:
-        proc = _RESIDENT["proc"]
-        if proc is None or proc.poll() is not None or _RESIDENT["key"] != key:
-            _stop_resident()
+        proc, running_key = _RESIDENT["procs"].get(kind, (None, None))
+        if proc is None or proc.poll() is not None or running_key != key:
+            _stop_resident(kind)
             if not os.path.exists(python):
                 raise OSError(f"{python} missing")
             # a long-lived child cannot go through cmd.run (which waits for it to end)
             proc = subprocess.Popen(  # pylint: disable=consider-using-with
-                [python, "-c", _PING_RESIDENT_SCRIPT, str(RESIDENT_IDLE), str(wait)],
+                [python, "-c", _RESIDENT_SCRIPTS[kind], str(RESIDENT_IDLE), *setup_args],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env={"HOME": conf["home"]}, cwd="/", text=True, close_fds=True)
-            _RESIDENT.update(proc=proc, key=key)
-            proc.stdin.write(url + "\n")
+            _RESIDENT["procs"][kind] = (proc, key)
+            proc.stdin.write(secret + "\n")
         try:
-            proc.stdin.write(f"{dest} {wait}\n")
+            proc.stdin.write(" ".join(request) + "\n")
             proc.stdin.flush()
             # the first answer includes the import (a few s on a loaded host)
             if not select.select([proc.stdout], [], [], wait + 20)[0]:
-                raise OSError("resident ping did not answer")
+                raise OSError(f"resident {kind} probe did not answer")
             answer = json.loads(proc.stdout.readline() or "null")
             if not isinstance(answer, dict):
-                raise ValueError("resident ping ended")
+                raise ValueError(f"resident {kind} probe ended")
             if "error" in answer:
-                raise ValueError(f"resident ping: {answer['error']}")
-            return answer.get("replies")
+                raise ValueError(f"resident {kind} probe: {answer['error']}")
+            return answer.get("result")
         except (OSError, ValueError):
-            _stop_resident()
+            _stop_resident(kind)
             raise
+
+
+def _resident_ping(conf, url, dest, wait):
+    """Replies of one Celery ping through the resident ping probe."""
+    return _resident_call("ping", conf, url, (dest, str(wait)), wait, setup_args=(str(wait),))
 
 
 def _haproxy_cmd(command, sock_path, timeout=3):
@@ -810,7 +849,8 @@ def check(worker_ping_timeout=None, heartbeat_stale=None):
     return result
 
 
-def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=None):
+def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=None,
+          resident=False):
     """
     Health of ONE daemon on this node:
     ``{'status': ok|dead|hung|restarting|blocked|split|unknown, ...}``.
@@ -824,6 +864,7 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
     (PostgreSQL, RabbitMQ, haproxy): the daemon answers a query / an AMQP handshake / its
     admin socket; ``unit``: the systemd state. In active-standby mode a scheduler heartbeat
     from more than one host is ``split``. Defaults come from the node settings.
+    ``resident=True`` (the beacon) reads the heartbeat through the long-lived probe process.
 
     CLI Example:
 
@@ -837,7 +878,7 @@ def probe(daemon, worker_ping_timeout=None, heartbeat_stale=None, start_grace=No
     svc = service(daemon, start_grace)
     entry = {"status": svc["status"], "unit": svc}
     if row["probe"] == "heartbeat":
-        hb = scheduler_heartbeat(heartbeat_stale)
+        hb = scheduler_heartbeat(heartbeat_stale, resident=resident)
         entry["heartbeat"] = hb
         entry["status"] = {"ok": "ok", "stale": "dead", "none": "dead"}.get(hb["status"], "unknown")
         if entry["status"] == "ok" and _split(hb):

@@ -88,7 +88,7 @@ def test_transition(bcn, prev, cur, last, now, fire, state):
 def test_beacon_fires_only_on_change(bcn):
     statuses = iter(["ok", "ok", "dead", "dead", "ok"])
     probes = []
-    bcn.__salt__["airflow_health.probe"] = lambda d: probes.append(d) or {"status": next(statuses)}
+    bcn.__salt__["airflow_health.probe"] = lambda d, **_: probes.append(d) or {"status": next(statuses)}
     conf = [{"checks": ["scheduler"]}, {"refire": 1000}, {"scheduler_check_every": 6}]
     fired = []
     for _ in range(5):
@@ -104,7 +104,10 @@ def test_beacon_fires_only_on_change(bcn):
 
 def test_scheduler_check_is_throttled(bcn):
     calls = []
-    bcn.__salt__["airflow_health.probe"] = lambda d: calls.append(d) or {"status": "ok"}
+    bcn.__salt__["airflow_health.probe"] = lambda d, **kw: calls.append(d) or {"status": "ok"}
+    resident = []
+    probe = bcn.__salt__["airflow_health.probe"]
+    bcn.__salt__["airflow_health.probe"] = lambda d, **kw: resident.append(kw.get("resident")) or probe(d)
     conf = [{"checks": ["scheduler"]}, {"scheduler_check_every": 60}]
     for _ in range(5):
         bcn.beacon(conf)
@@ -113,6 +116,7 @@ def test_scheduler_check_is_throttled(bcn):
     bcn._clock.t += 20
     bcn.beacon(conf)
     assert calls == ["scheduler"] * 2
+    assert resident == [True, True]  # through the node's long-lived probe process
 
 
 def test_unknown_checks_are_skipped(bcn):
@@ -224,7 +228,7 @@ def test_memory_survives_a_module_reload(tmp_path):
         mod._clock = Clock()
         mod.__opts__ = {"cachedir": str(tmp_path)}
         mod.__salt__ = {"airflow_health.daemons": TABLE.table,
-                        "airflow_health.probe": lambda d: {"status": status[d]}}
+                        "airflow_health.probe": lambda d, **_: {"status": status[d]}}
         return mod
 
     first = load()
@@ -247,7 +251,7 @@ def test_split_scheduler_is_unhealthy(bcn):
 
 def test_split_on_this_node_steps_down_locally(bcn):
     stopped = []
-    bcn.__salt__["airflow_health.probe"] = lambda d: {"status": "split", "yield": True}
+    bcn.__salt__["airflow_health.probe"] = lambda d, **_: {"status": "split", "yield": True}
     bcn.__salt__["airflow_health.stop"] = lambda d, disable=False: stopped.append(
         (d, disable)) or {"result": True}
     events = bcn.beacon([{"checks": ["scheduler"]}])
@@ -258,7 +262,7 @@ def test_split_on_this_node_steps_down_locally(bcn):
     other.log.disabled = True
     other._clock = Clock()
     other.__salt__ = dict(bcn.__salt__, **{
-        "airflow_health.probe": lambda d: {"status": "split", "yield": False}})
+        "airflow_health.probe": lambda d, **_: {"status": "split", "yield": False}})
     stopped.clear()
     assert other.beacon([{"checks": ["scheduler"]}])[0]["status"] == "split"
     assert stopped == []

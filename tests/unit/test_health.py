@@ -341,11 +341,11 @@ def test_daemons_and_check_follow_the_table(monkeypatch):
 
 def test_probe_scheduler_maps_heartbeat(monkeypatch):
     monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "dead"})
-    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s: {"status": "stale"})
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s, **_: {"status": "stale"})
     assert ah.probe("scheduler")["status"] == "dead"
-    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s: {"status": "error"})
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s, **_: {"status": "error"})
     assert ah.probe("scheduler")["status"] == "unknown"
-    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s: {"status": "ok"})
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s, **_: {"status": "ok"})
     assert ah.probe("scheduler")["status"] == "ok"
     assert ah.probe("sshd") == {"status": "unknown", "detail": "unknown daemon"}
     assert ah.probe(["worker"])["status"] == "unknown"
@@ -469,7 +469,7 @@ def test_postgresql_unit_without_settings(no_node):
 def test_split_heartbeat_only_in_active_standby(node, monkeypatch):
     monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok"})
     hb = {"status": "ok", "fresh": ["master1.lab", "master2"]}
-    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None: hb)
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None, **_: hb)
     assert ah.probe("scheduler")["status"] == "split"
     hb["fresh"] = ["master1", "master1.lab"]  # one host, two names
     assert ah.probe("scheduler")["status"] == "ok"
@@ -562,7 +562,7 @@ def test_probe_marks_split_and_whether_to_yield(node, monkeypatch):
     hb = {"status": "ok", "fresh": ["master1", "master2"], "stale_seconds": 15, "schedulers": [
         {"hostname": "master1", "age": 2, "started": 900},
         {"hostname": "master2", "age": 2, "started": 30}]}
-    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None: hb)
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None, **_: hb)
     res = ah.probe("scheduler")
     assert res["status"] == "split" and res["yield"] is True
 
@@ -572,7 +572,7 @@ def test_probe_superseded_scheduler_yields_before_it_heartbeats(node, monkeypatc
     hb = {"status": "ok", "fresh": ["master2"], "stale_seconds": 15, "schedulers": [
         {"hostname": "master2", "age": 1, "started": 60},
         {"hostname": "master1", "age": 95, "started": 4000}]}
-    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None: hb)
+    monkeypatch.setattr(ah, "scheduler_heartbeat", lambda s=None, **_: hb)
     monkeypatch.setattr(ah, "service", lambda n, g=None: {"status": "ok"})
     res = ah.probe("scheduler")
     assert res["status"] == "split" and res["yield"] is True
@@ -635,16 +635,17 @@ def resident(tmp_path):
     conf = dict(NODE, venv=str(venv), home=str(tmp_path))
     yield conf, fake
     with ah._RESIDENT["lock"]:
-        ah._stop_resident()
+        for kind in list(ah._RESIDENT["procs"]):
+            ah._stop_resident(kind)
 
 
 def test_resident_ping_reuses_one_process_and_keeps_the_url_off_argv(resident):
     conf, fake = resident
     url = "amqp://airflow:s3cret@infra:5672/airflow"
     assert ah._resident_ping(conf, url, "celery@w1", 2.0) == [{"celery@w1": {"ok": "pong"}}]
-    pid = ah._RESIDENT["proc"].pid
+    pid = ah._RESIDENT["procs"]["ping"][0].pid
     assert ah._resident_ping(conf, url, "celery@w1", 2.0) == [{"celery@w1": {"ok": "pong"}}]
-    assert ah._RESIDENT["proc"].pid == pid, "a second ping started a second process"
+    assert ah._RESIDENT["procs"]["ping"][0].pid == pid, "a second ping started a second process"
     assert (fake / "broker").read_text() == url                       # the url came on stdin
     assert b"s3cret" not in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
 
@@ -653,20 +654,20 @@ def test_resident_ping_error_ends_the_process_and_the_next_ping_starts_anew(resi
     conf, fake = resident
     url = "amqp://u:p@infra/airflow"
     ah._resident_ping(conf, url, "celery@w1", 2.0)
-    first = ah._RESIDENT["proc"]
+    first = ah._RESIDENT["procs"]["ping"][0]
     (fake / "fail").write_text("")
     with pytest.raises(ValueError, match="broker went away"):
         ah._resident_ping(conf, url, "celery@w1", 2.0)
-    assert ah._RESIDENT["proc"] is None and first.poll() is not None
+    assert "ping" not in ah._RESIDENT["procs"] and first.poll() is not None
     (fake / "fail").unlink()
     assert ah._resident_ping(conf, url, "celery@w1", 2.0) == [{"celery@w1": {"ok": "pong"}}]
-    assert ah._RESIDENT["proc"].pid != first.pid
+    assert ah._RESIDENT["procs"]["ping"][0].pid != first.pid
 
 
 def test_resident_ping_new_url_replaces_the_process(resident):
     conf, fake = resident
     ah._resident_ping(conf, "amqp://u:old@infra/airflow", "celery@w1", 2.0)
-    old = ah._RESIDENT["proc"]
+    old = ah._RESIDENT["procs"]["ping"][0]
     ah._resident_ping(conf, "amqp://u:rotated@infra/airflow", "celery@w1", 2.0)
     assert old.poll() is not None and (fake / "broker").read_text().endswith("rotated@infra/airflow")
 
@@ -675,7 +676,7 @@ def test_resident_ping_exits_when_nobody_asks(resident, monkeypatch):
     conf, _ = resident
     monkeypatch.setattr(ah, "RESIDENT_IDLE", 0.5)
     ah._resident_ping(conf, "amqp://u:p@infra/airflow", "celery@w1", 2.0)
-    proc = ah._RESIDENT["proc"]
+    proc = ah._RESIDENT["procs"]["ping"][0]
     proc.wait(timeout=10)          # an orphan (minion reloaded or gone) does not linger
     assert proc.returncode == 0
 
@@ -687,3 +688,35 @@ def test_worker_ping_resident_answers_like_the_fresh_probe(resident, node, monke
     monkeypatch.setattr(ah, "_hostname", lambda: "worker1")
     res = ah.worker_ping(resident=True)
     assert res["status"] == "ok" and res["destination"] == "celery@worker1"
+
+
+def test_resident_heartbeat_reads_the_rows_over_one_engine(tmp_path):
+    """The real resident heartbeat script over SQLite (same SQL as the metastore's job table)."""
+    pytest.importorskip("sqlalchemy")
+    import sqlite3
+    import sys
+    db = tmp_path / "meta.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE job (hostname TEXT, latest_heartbeat TIMESTAMP, start_date TIMESTAMP, "
+                "job_type TEXT, state TEXT)")
+    con.execute("INSERT INTO job VALUES ('master1', datetime('now', '-3 seconds'), "
+                "datetime('now', '-60 seconds'), 'SchedulerJob', 'running')")
+    con.commit()
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+    (venv / "bin" / "python").chmod(0o755)
+    conf = dict(NODE, venv=str(venv), home=str(tmp_path))
+    try:
+        rows = ah._resident_call("heartbeat", conf, f"sqlite:///{db}", ("rows",), 10)
+        pid = ah._RESIDENT["procs"]["heartbeat"][0].pid
+        assert [r["hostname"] for r in rows] == ["master1"] and 2 <= rows[0]["age"] <= 10
+        con.execute("INSERT INTO job VALUES ('master2', datetime('now'), datetime('now'), "
+                    "'SchedulerJob', 'running')")
+        con.commit()
+        rows = ah._resident_call("heartbeat", conf, f"sqlite:///{db}", ("rows",), 10)
+        assert sorted(r["hostname"] for r in rows) == ["master1", "master2"]
+        assert ah._RESIDENT["procs"]["heartbeat"][0].pid == pid
+    finally:
+        with ah._RESIDENT["lock"]:
+            ah._stop_resident("heartbeat")
