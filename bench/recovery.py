@@ -409,9 +409,18 @@ def main():
     H.enable_healing(lab)
     H.salt_run_json(lab, "airflow.enforcement", "pause")
     try:
-        log("beacon cost: salt-minion CPU over 60 s on worker1")
+        nodes = ["worker1", *H.masters(lab)]
+        log(f"beacon cost: salt-minion CPU over 60 s on {', '.join(nodes)} (at once)")
+        cpu = {}
+        threads = [threading.Thread(target=lambda n=n: cpu.update({n: beacon_cpu_per_minute(lab, n)}))
+                   for n in nodes]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
         meta = {"kind": "meta", "runs": runs, "ts": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "host_load": os.getloadavg()[0], "beacon_cpu_s_per_min": beacon_cpu_per_minute(lab)}
+                "host_load": os.getloadavg()[0], "beacon_cpu_s_per_min": cpu.get("worker1"),
+                "beacon_cpu_s_per_min_by_node": {n: cpu.get(n) for n in nodes}}
         SAMPLES.write_text(json.dumps(meta) + "\n")
         for name in wanted:
             for run in range(1, runs + 1):

@@ -263,7 +263,11 @@ def readme_section(bench):
         load = meta["host_load"]
         context.append("host load " + (" ".join(f"{x:.2f}" for x in load)
                                        if isinstance(load, (list, tuple)) else str(load)))
-    if meta.get("beacon_cpu_s_per_min") is not None:
+    by_node = {n: v for n, v in (meta.get("beacon_cpu_s_per_min_by_node") or {}).items() if v is not None}
+    if by_node:
+        context.append("beacon (salt-minion) CPU s per minute: "
+                       + ", ".join(f"{n} {v:g}" for n, v in by_node.items()))
+    elif meta.get("beacon_cpu_s_per_min") is not None:
         context.append(f"beacon {meta['beacon_cpu_s_per_min']:g} CPU s per minute")
     return "; ".join(context) + ".\n\n" + markdown_table(bench)
 

@@ -207,3 +207,13 @@ def test_phases_come_from_the_audit_records(monkeypatch):
     late = recovery.phases(None, 100.0, 108.0, recovery.ALL["worker_hang"])
     assert late == {"detect_s": 2.5, "decide_s": 1.5, "act_s": 4.0, "verify_s": 0.0,
                     "outcome_after_healthy_s": 2.0, "action": "restart"}
+
+
+def test_readme_context_names_the_beacon_cost_per_node():
+    from bench import report
+    text = report.readme_section({"meta": {"runs": 3, "ts": "t", "beacon_cpu_s_per_min": 0.5,
+                                           "beacon_cpu_s_per_min_by_node": {"worker1": 0.5, "master1": 1.25,
+                                                                            "master2": None}},
+                                  "faults": {}})
+    assert "beacon (salt-minion) CPU s per minute: worker1 0.5, master1 1.25" in text
+    assert "master2" not in text.split(".\n", 1)[0]
