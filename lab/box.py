@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 from .common import REPO, STATE, LabError, progress, record_timing, run
+from .image import SALT_VERSION, node_pip_conf
 
 RECIPE_DIR = REPO / "vagrant" / "box"
 BOXES = STATE / "boxes"
@@ -58,7 +59,7 @@ def recipe_files(recipe_dir: Path = RECIPE_DIR) -> dict[str, str]:
 
 def recipe(recipe_dir: Path = RECIPE_DIR) -> dict:
     return {"v": BUILDER_VERSION, "suite": SUITE, "mirror": MIRROR, "disk_gib": DISK_GIB,
-            "grub_modules": GRUB_MODULES, "files": recipe_files(recipe_dir)}
+            "grub_modules": GRUB_MODULES, "salt": SALT_VERSION, "files": recipe_files(recipe_dir)}
 
 
 def recipe_hash(recipe_dir: Path = RECIPE_DIR) -> str:
@@ -212,8 +213,15 @@ def configure_root(root: Path) -> None:
     resolv = root / "etc/resolv.conf"
     resolv.unlink(missing_ok=True)
     shutil.copyfile("/etc/resolv.conf", resolv)
+    # pip (Salt) reaches PyPI the way this host does: its pip settings and CA bundle, bound in for
+    # the build only (a TLS-inspecting proxy's CA stays out of the box)
+    pip_conf = root.parent / "build-pip.conf"
+    pip_conf.write_text(node_pip_conf())
     run(["systemd-nspawn", "-q", "-D", str(root), "-M", "airflow-box", "--register=no", "--keep-unit",
          "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+         f"--bind-ro={pip_conf}:/run/build-pip.conf", "--bind-ro=/etc/ssl/certs/ca-certificates.crt:/run/build-ca.crt",
+         "--setenv=PIP_CONFIG_FILE=/run/build-pip.conf", "--setenv=PIP_CERT=/run/build-ca.crt",
+         f"--setenv=SALT_VERSION={SALT_VERSION}",
          "/bin/sh", "-c", (RECIPE_DIR / "setup.sh").read_text()], timeout=1800)
 
 
