@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO))
 from bench import report  # noqa: E402
 from tests.lab import helpers as H  # noqa: E402  the lab tests' probes and faults
 
-SAMPLES = REPO / "results" / "bench-samples.jsonl"
+# BENCH_SAMPLES: another file, e.g. to run some faults more often than others and concatenate
+SAMPLES = Path(os.environ.get("BENCH_SAMPLES") or REPO / "results" / "bench-samples.jsonl")
 HEALTHY_WITHIN = 240      # s: a fault not recovered by then is a failed run
 SETTLE = 150              # s: what the cluster gets to be green again between runs
 STORM_EVENTS = 500
@@ -433,7 +434,7 @@ def main():
                         fh.write(json.dumps(rec) + "\n")
     finally:
         H.salt_run_json(lab, "airflow.enforcement", "resume")
-    log(f"samples: {SAMPLES} (next: python3 -m bench.report {SAMPLES.relative_to(REPO)})")
+    log(f"samples: {SAMPLES} (next: python3 -m bench.report {SAMPLES})")
     return 0
 
 
