@@ -130,6 +130,18 @@ def _ordered_faults(names):
     return known + sorted(set(names) - set(FAULTS))
 
 
+def phase_seconds(phases):
+    """The numeric phases of one run. A runner job that had started before the fault (a
+    periodic reconcile pass that then saw it) gives a negative detect: it was detected at once
+    (detect 0) and its decide is what remains of it after the fault."""
+    out = {k: float(v) for k, v in (phases or {}).items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if out.get("detect_s", 0) < 0:
+        out["decide_s"] = round(max(0.0, out.get("decide_s", 0) + out["detect_s"]), DIGITS)
+        out["detect_s"] = 0.0
+    return out
+
+
 def _ordered_phases(names):
     return [p for p in PHASE_ORDER if p in names] + sorted(set(names) - set(PHASE_ORDER))
 
@@ -156,9 +168,8 @@ def summarize(samples, floors, targets=TARGETS):
         floor = stats(bucket["floors"])
         phase_values = {}
         for sample in bucket["ok"]:
-            for phase, seconds in (sample.get("phases") or {}).items():
-                if seconds is not None:
-                    phase_values.setdefault(phase, []).append(seconds)
+            for phase, seconds in phase_seconds(sample.get("phases")).items():
+                phase_values.setdefault(phase, []).append(seconds)
         entry = {
             "label": FAULTS.get(fault, fault),
             "runs": len(bucket["ok"]) + len(bucket["failed"]),

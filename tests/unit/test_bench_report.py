@@ -217,3 +217,11 @@ def test_readme_context_names_the_beacon_cost_per_node():
                                   "faults": {}})
     assert "beacon (salt-minion) CPU s per minute: worker1 0.5, master1 1.25" in text
     assert "master2" not in text.split(".\n", 1)[0]
+
+
+def test_phase_seconds_folds_a_job_that_started_before_the_fault():
+    from bench import report
+    got = report.phase_seconds({"detect_s": -4.21, "decide_s": 10.13, "act_s": 0.0, "action": "haproxy-set"})
+    assert got == {"detect_s": 0.0, "decide_s": 5.92, "act_s": 0.0}
+    assert report.phase_seconds({"detect_s": 2.0, "decide_s": 1.0}) == {"detect_s": 2.0, "decide_s": 1.0}
+    assert report.phase_seconds(None) == {}
