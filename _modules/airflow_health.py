@@ -832,20 +832,25 @@ def roles():
     return [value] if isinstance(value, str) else list(value)
 
 
-def check(worker_ping_timeout=None, heartbeat_stale=None):
+def check(worker_ping_timeout=None, heartbeat_stale=None, daemons=None):
     """
     Health of every Airflow daemon of this node's roles, one dict ``{daemon: {status, ...}}``
-    (see ``probe``; the defaults come from the node settings).
+    (see ``probe``; the defaults come from the node settings). ``daemons`` (a list) probes only
+    those of them: a failover's candidate check asks for the two it judges, not for the
+    scheduler heartbeat it has already read (a Python start, seconds on a loaded node).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt '*' airflow_health.check
+        salt master2 airflow_health.check daemons='[api-server, dag-processor]'
     """
+    wanted = None if daemons is None else set(daemons if isinstance(daemons, (list, tuple)) else [daemons])
     result = {}
     for daemon in _table("daemons_for_roles")(roles()):
-        result[daemon] = probe(daemon, worker_ping_timeout, heartbeat_stale)
+        if wanted is None or daemon in wanted:
+            result[daemon] = probe(daemon, worker_ping_timeout, heartbeat_stale)
     return result
 
 

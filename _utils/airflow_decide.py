@@ -487,6 +487,11 @@ def failover_needed(heartbeat, failed_names, manual):
     return any(host_matches(h, failed_names) for h in fresh_hosts(heartbeat))
 
 
+def candidate_daemons():
+    """The daemons a failover candidate is judged by (what its health check needs to probe)."""
+    return list(CANDIDATE_NEEDS)
+
+
 def candidate(check, seen=None):
     """
     A master's eligibility facts from its ``airflow_health.check`` (None: no answer). Its

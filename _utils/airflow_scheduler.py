@@ -217,6 +217,7 @@ def _failover_locked(ctx, reason="manual", failed=None, failed_reachable=None):
     seen = ctx.lb_view(others)
     candidates = {
         m: core.candidate(ops.one(m, "airflow_health.check", [],
+                                  kwarg={"daemons": core.candidate_daemons()},
                                   timeout=ctx.conf["probe_timeout"]), seen.get(m))
         for m in others
     }

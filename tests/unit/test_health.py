@@ -720,3 +720,13 @@ def test_resident_heartbeat_reads_the_rows_over_one_engine(tmp_path):
     finally:
         with ah._RESIDENT["lock"]:
             ah._stop_resident("heartbeat")
+
+
+def test_check_probes_only_the_daemons_asked_for(monkeypatch):
+    monkeypatch.setattr(ah, "roles", lambda: ["airflow-master"])
+    probed = []
+    monkeypatch.setattr(ah, "probe", lambda d, *a, **k: probed.append(d) or {"status": "ok"})
+    assert set(ah.check(daemons=["api-server", "dag-processor"])) == {"api-server", "dag-processor"}
+    assert probed == ["api-server", "dag-processor"]      # no scheduler heartbeat read
+    probed.clear()
+    assert "scheduler" in ah.check() and "scheduler" in probed

@@ -89,7 +89,7 @@ HAPROXY_CONTEXT = dict(backends=[["master1", "10.77.0.11"], ["master2", "10.77.0
                        lb_port=443, http_port=80, tls_pem="/etc/haproxy/airflow.pem", stats_port=1936,
                        stats_user="admin", stats_password="pw", admin_socket="/run/haproxy/admin.sock",
                        backend="airflow_api",
-                       check={"inter_ms": 1000, "fastinter_ms": 250, "timeout_ms": 800, "fall": 2, "rise": 1})
+                       check={"inter_ms": 1000, "fastinter_ms": 200, "timeout_ms": 700, "fall": 2, "rise": 1})
 
 
 def _frontend(text):
@@ -103,8 +103,8 @@ def test_haproxy_cfg(env):
     backend = text.split("backend airflow_api", 1)[1].split("listen stats", 1)[0]
     assert "option httpchk GET /api/v2/monitor/health" in backend
     assert "http-check expect status 200" in backend
-    assert "default-server inter 1000ms fastinter 250ms fall 2 rise 1" in backend
-    assert "timeout check 800ms" in backend
+    assert "default-server inter 1000ms fastinter 200ms fall 2 rise 1" in backend
+    assert "timeout check 700ms" in backend
     assert "stats socket /run/haproxy/admin.sock mode 660 level admin" in text
     assert "stats auth admin:pw" in text
     assert "default_backend airflow_api" in text
