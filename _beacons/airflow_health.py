@@ -11,7 +11,7 @@ Configuration (written by ``salt/airflow/healing.sls`` from pillar ``airflow:hea
         - checks: [worker]         # daemons to watch (derived from the roles grain)
         - worker_ping_failures: 2  # consecutive failed Celery pings before "hung"
         - refire: 30               # re-fire while still unhealthy (a lost event is recovered)
-        - scheduler_check_every: 6 # the metastore query costs a Python start: at most this often
+        - scheduler_check_every: 3 # the metastore heartbeat query at most this often
 
 Everything else comes from the health module ``airflow_health``: the daemon names (the daemon
 table), and from the node settings file the stale-heartbeat threshold, the start grace and the
@@ -47,8 +47,11 @@ DEFAULTS = {
     "checks": [],
     "worker_ping_failures": 2,
     "refire": 30,
-    "scheduler_check_every": 6,
+    "scheduler_check_every": 3,
 }
+#: Slack (s) on scheduler_check_every: the beacon loop's own jitter must not make a check
+#: every ``interval`` (check_every == interval) skip every other one.
+CHECK_SLACK = 0.5
 _NUMBERS = ("worker_ping_failures", "refire", "scheduler_check_every")
 #: Salt's own beacon options (handled by the minion, not by this beacon).
 _SALT_KEYS = ("enabled", "interval", "disable_during_state_run", "run_once", "beacon_module")
@@ -246,7 +249,7 @@ def beacon(config):
             continue
         entry = _STATE.setdefault(daemon, {"status": None, "last_fire": 0.0})
         if kinds[daemon] == "heartbeat":  # one metastore query per scheduler_check_every
-            if now - entry.get("probed", float("-inf")) < float(conf["scheduler_check_every"]):
+            if now - entry.get("probed", float("-inf")) < float(conf["scheduler_check_every"]) - CHECK_SLACK:
                 continue
             entry["probed"] = now
         try:

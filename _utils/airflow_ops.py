@@ -83,11 +83,31 @@ class SaltOps:
         except Exception as exc:  # pylint: disable=broad-except
             log.error("airflow healing: %s failed: %s", fun, exc)
 
+    def connected(self):
+        """Ids of the minions with a live connection to the master's publisher (what
+        ``salt-run manage.status`` calls connected), or None when the master cannot tell."""
+        import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+        try:
+            ids = salt.utils.minions.CkMinions(self.opts).connected_ids()
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("airflow healing: connected minions unknown: %s", exc)
+            return None
+        return set(ids) or None  # empty: the presence data is off or not gathered yet
+
     def present(self, minions, timeout=None):
-        """Minions (of a list) that answer test.ping within ``timeout`` (default: quickly)."""
+        """Minions (of a list) that answer test.ping within ``timeout`` (default: quickly).
+
+        A minion the master holds no publisher connection for is absent without a ping: pinging
+        a node that is gone costs the whole timeout + gather_job_timeout (4-7 s), which a
+        failover after a lost master would wait for."""
         if not minions:
             return []
-        ret = self.cmd(list(minions), "test.ping", timeout=timeout or self.conf["ping_timeout"],
+        connected = self.connected()
+        reachable = [m for m in minions if connected is None or m in connected]
+        if not reachable:
+            return []
+        ret = self.cmd(reachable, "test.ping", timeout=timeout or self.conf["ping_timeout"],
                        tgt_type="list")
         return sorted(m for m, v in ret.items() if v is True)
 

@@ -80,6 +80,7 @@ SCHEMA = {
                                         "a site value: set it in the site's pillar"),
     "scheduler:mode": enum("active-standby", "active-active"),
     "scheduler:active": MINION_ID,
+    "scheduler:heartbeat_sec": integer(1),
     "scheduler:heartbeat_stale": number(above=0),
     "scheduler:task_instance_heartbeat_timeout": integer(1),
     "dag_processor:parsing_processes": integer(1),
@@ -143,6 +144,12 @@ SCHEMA = {
     "config": mapping(values=mapping(), secret=True),  # airflow.cfg overrides may hold passwords
     "secrets": mapping(secret=True),  # presence is checked where used (map.jinja secret())
 }
+
+#: (key, factor, other key): key must be >= factor x other key. A stale threshold under 3
+#: stored beats (a live heartbeat is stored 1-2 beats old) would call a live scheduler dead.
+RATIOS = (
+    ("scheduler:heartbeat_stale", 3, "scheduler:heartbeat_sec"),
+)
 
 
 # ------------------------------------------------------------------ describing
@@ -289,6 +296,26 @@ def errors(config, valid_minion_id, schema=None):
             out.append(f"airflow:{path} is missing (expected {expected(rule)})")
         else:
             out.extend(_check(path, rule, value, valid_minion_id))
+    if schema is SCHEMA:
+        out.extend(_ratio_errors(config, valid_minion_id))
+    return out
+
+
+def _ratio_errors(config, valid_minion_id):
+    """RATIOS between keys that are each valid (a bad key has its own message already)."""
+    out = []
+    for path, factor, other in RATIOS:
+        values = []
+        for key in (path, other):
+            found, value, error = _lookup(config, key)
+            if not found or error or not valid(SCHEMA[key], value, valid_minion_id):
+                break
+            values.append(value)
+        else:
+            if values[0] < factor * values[1]:
+                out.append(f"airflow:{path} must be >= {factor} x airflow:{other} "
+                           f"({factor} x {show(values[1])} = {show(factor * values[1])}), "
+                           f"not {show(values[0])}")
     return out
 
 

@@ -266,10 +266,20 @@ def markdown_table(bench):
     return "\n".join(lines) + "\n"
 
 
+def runs_text(bench):
+    """How many runs, from the faults themselves ("5 runs", "2-5 runs" when they differ): a
+    bench.json concatenated from several benches has no single meta count."""
+    counts = sorted({f["runs"] for f in bench.get("faults", {}).values()})
+    if not counts:
+        return f"{bench.get('meta', {}).get('runs', '?')} runs"
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{span} run{'' if span == '1' else 's'}"
+
+
 def readme_section(bench):
     """What goes between the README's markers: one line of context, then the table."""
     meta = bench.get("meta", {})
-    context = [f"{meta.get('runs', '?')} runs per fault, {meta.get('ts', '?')}"]
+    context = [f"{runs_text(bench)} per fault, {meta.get('ts', '?')}"]
     if meta.get("host_load") is not None:
         load = meta["host_load"]
         context.append("host load " + (" ".join(f"{x:.2f}" for x in load)
@@ -333,7 +343,7 @@ def plot(bench, path):
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))   # 0.1, 1, 10: no 10^-1
     ax.set_xlabel("seconds until healthy again (log scale)")
     meta = bench.get("meta", {})
-    ax.set_title(f"Recovery per fault: median, whisker to p95 ({meta.get('runs', '?')} runs, "
+    ax.set_title(f"Recovery per fault: median, whisker to p95 ({runs_text(bench)}, "
                  f"{meta.get('ts', '?')})")
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(handles=[

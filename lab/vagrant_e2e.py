@@ -29,7 +29,8 @@ import urllib.request
 from pathlib import Path
 
 from .box import BOX_NAME, add_to_vagrant, ensure_box
-from .box_smoke import ensure_default_network, memory_kib
+from .box_smoke import ensure_default_network, memory_kib, qemu_pid
+from .image import host_ca_certs
 from .common import REPO, LabError, progress
 
 RESULTS = REPO / "results" / "vagrant.json"
@@ -75,8 +76,7 @@ def start_libvirt() -> None:
 
 def host_ca_bundle(dest: Path) -> Path | None:
     """This host's extra CA certificates in one PEM file (None when it has none)."""
-    d = Path("/usr/local/share/ca-certificates")
-    pems = [p.read_text() for p in sorted(d.rglob("*.crt"))] if d.is_dir() else []
+    pems = [data.decode() for data in host_ca_certs().values()]
     if not pems:
         return None
     dest.write_text("\n".join(pem.strip() for pem in pems) + "\n")
@@ -119,10 +119,9 @@ def qemu_memory(prefix: str, vms: list[str]) -> dict:
     """Resident and peak memory (MiB) of each VM's qemu process."""
     out = {}
     for vm in vms:
-        p = subprocess.run(["pgrep", "-f", f"qemu-system-x86_64 -name guest={prefix}{vm},"],
-                           capture_output=True, text=True)
-        if p.stdout.split():
-            mem = memory_kib(int(p.stdout.split()[0]))
+        pid = qemu_pid(prefix + vm)
+        if pid:
+            mem = memory_kib(pid)
             out[vm] = {"rss_mib": round(mem["VmRSS"] / 1024), "peak_rss_mib": round(mem["VmHWM"] / 1024)}
     return out
 

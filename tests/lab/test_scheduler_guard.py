@@ -107,7 +107,8 @@ def test_guard_refuses_while_the_active_scheduler_heartbeats(lab, placement, res
     active, standby, dbname = placement
     guard = Guard(lab, standby)
     # precondition, read from the metastore: the active master's scheduler heartbeat is fresh
-    jobs = wait_for(lambda: (lambda j: j and j[0][0].split(".")[0] == active and j[0][1] < guard.stale - 5 and j)(
+    # (younger than half the guard's threshold: with stale 6 a fixed margin would leave none)
+    jobs = wait_for(lambda: (lambda j: j and j[0][0].split(".")[0] == active and j[0][1] < guard.stale / 2 and j)(
         scheduler_jobs(lab, dbname)), 60, 1, f"a fresh heartbeat of {active}'s scheduler")
     rc, out = guard.run()
     print(f"guard on {standby}: rc={rc}: {out}")

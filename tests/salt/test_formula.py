@@ -176,7 +176,7 @@ def test_software_clean_removes_home_venv_and_is_then_a_noop(salt_cli):
 EXPECTED_SETTINGS = {
     "home": "/opt/airflow", "venv": "/opt/airflow/venv", "airflow_cfg": "/opt/airflow/airflow.cfg",
     "api_server_port": 8080, "haproxy_socket": "/run/haproxy/admin.sock",
-    "haproxy_backend": "airflow_api", "heartbeat_stale": 15.0, "start_grace": 20.0,
+    "haproxy_backend": "airflow_api", "heartbeat_stale": 6.0, "start_grace": 20.0,
     "worker_ping_timeout": 2.0, "postgresql_version": 15, "database_port": 5432, "database_name": "airflow",
     "broker_port": 5672, "scheduler_mode": "active-standby",
 }

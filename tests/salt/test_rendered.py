@@ -32,6 +32,8 @@ def test_master_airflow_cfg(rendered):
     assert cfg["api_auth"]["jwt_secret"] == "test-jwt-secret-0123456789"
     assert cfg["api"]["workers"] == "2"
     assert cfg["dag_processor"]["parsing_processes"] == "1"
+    # airflow:scheduler:heartbeat_sec: what lets the healing layer see a lost master quickly
+    assert cfg["scheduler"]["scheduler_heartbeat_sec"] == "1"
     assert cfg["core"]["simple_auth_manager_users"] == "admin:admin"
     assert cfg["core"]["simple_auth_manager_passwords_file"] == "/opt/airflow/simple_auth_manager_passwords.json"
 

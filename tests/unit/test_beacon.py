@@ -119,6 +119,16 @@ def test_scheduler_check_is_throttled(bcn):
     assert resident == [True, True]  # through the node's long-lived probe process
 
 
+def test_scheduler_check_every_interval_survives_jitter(bcn):
+    calls = []
+    bcn.__salt__["airflow_health.probe"] = lambda d, **kw: calls.append(d) or {"status": "ok"}
+    conf = [{"checks": ["scheduler"]}, {"scheduler_check_every": 3}]
+    for step in (0, 2.95, 3.02, 2.9, 3.0):  # a 3 s beacon interval, as the loop runs it
+        bcn._clock.t += step
+        bcn.beacon(conf)
+    assert calls == ["scheduler"] * 5
+
+
 def test_unknown_checks_are_skipped(bcn):
     bcn.__salt__["airflow_health.probe"] = mock.Mock()
     assert bcn.beacon([{"checks": ["sshd"]}]) == []

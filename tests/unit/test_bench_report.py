@@ -225,3 +225,11 @@ def test_phase_seconds_folds_a_job_that_started_before_the_fault():
     assert got == {"detect_s": 0.0, "decide_s": 5.92, "act_s": 0.0}
     assert report.phase_seconds({"detect_s": 2.0, "decide_s": 1.0}) == {"detect_s": 2.0, "decide_s": 1.0}
     assert report.phase_seconds(None) == {}
+
+
+def test_runs_text_counts_the_faults_runs():
+    from bench import report
+    assert report.runs_text({"meta": {"runs": 9}, "faults": {"a": {"runs": 5}, "b": {"runs": 5}}}) == "5 runs"
+    assert report.runs_text({"faults": {"a": {"runs": 2}, "b": {"runs": 5}, "c": {"runs": 3}}}) == "2-5 runs"
+    assert report.runs_text({"faults": {"a": {"runs": 1}}}) == "1 run"
+    assert report.runs_text({"meta": {"runs": 4}, "faults": {}}) == "4 runs"   # nothing per fault

@@ -147,6 +147,19 @@ def test_zero_allowed_where_systemd_allows_it():
     assert _errors("systemd:restart_sec", -1) == ["airflow:systemd:restart_sec must be an integer >= 0, not -1"]
 
 
+def test_stale_heartbeat_must_be_three_beats():
+    conf = _with("scheduler:heartbeat_sec", 4)
+    conf["scheduler"]["heartbeat_stale"] = 11.5
+    assert S.errors(conf, VALID_ID) == [
+        "airflow:scheduler:heartbeat_stale must be >= 3 x airflow:scheduler:heartbeat_sec "
+        "(3 x 4 = 12), not 11.5"]
+    conf["scheduler"]["heartbeat_stale"] = 12
+    assert S.errors(conf, VALID_ID) == []
+    # a bad key has its own message, not a second one about the ratio
+    assert _errors("scheduler:heartbeat_sec", 0) == \
+        ["airflow:scheduler:heartbeat_sec must be an integer >= 1, not 0"]
+
+
 def test_numbers_take_floats_and_bounds():
     assert _errors("scheduler:heartbeat_stale", 7.5) == []
     assert _errors("scheduler:heartbeat_stale", 0) == \

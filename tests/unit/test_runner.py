@@ -916,6 +916,27 @@ def test_real_clock_and_ops_factories(monkeypatch):
     assert ops.present([]) == []
 
 
+def test_present_does_not_ping_a_minion_with_no_connection(monkeypatch):
+    # a lost node: the master holds no publisher connection for it, so no ping waits out its
+    # timeout + gather_job_timeout; with no presence data (None) every minion is pinged
+    ops = MODS["airflow_ops"].salt_ops({"sock_dir": "/nonexistent"},
+                                       {"ping_timeout": 2, "probe_timeout": 20})
+    pinged = []
+
+    def cmd(tgt, fun, arg=(), timeout=None, tgt_type="glob", kwarg=None):
+        pinged.append(list(tgt))
+        return {m: True for m in tgt}
+
+    monkeypatch.setattr(ops, "cmd", cmd)
+    monkeypatch.setattr(ops, "connected", lambda: {"master2", "worker1"})
+    assert ops.present(["master1", "master2"]) == ["master2"]
+    assert ops.present(["master1"]) == []
+    assert pinged == [["master2"]]
+    monkeypatch.setattr(ops, "connected", lambda: None)
+    assert ops.present(["master1", "master2"]) == ["master1", "master2"]
+    assert pinged[-1] == ["master1", "master2"]
+
+
 # ------------------------------------------------------------------ rate limiting (event storms)
 def test_remediate_does_not_count_events_a_second_time(env):
     # the reactor's gate (_modules/airflow_gate.py, tests/unit/test_gate.py) counted each event
