@@ -36,6 +36,11 @@ RUNNER_DEFAULTS = {
     "ping_timeout": 2,
     "probe_timeout": 20,
     "worker_verify_timeout": 45,
+    # A broker/metastore up for less than this (s) is still "settling": its clients reconnect
+    # with back-off (a Celery worker's kombu retries grow 2, 4, ... up to 30 s), so a worker that
+    # does not answer a ping then is reconnecting, not hung: no kill-restart (it would kill
+    # the tasks it just took, seen in incident c).
+    "dependency_settle": 30,
     "lb_quiet": 2.0,
     "lb_max_wait": 10.0,
     "lb_apply_timeout": 90,
@@ -55,7 +60,7 @@ _INTEGER_KEYS = ("max_attempts", "failover_max_attempts", "rate_limit_events", "
 #: holds more than a few records before it is rotated.
 _MINIMUMS = {"audit_keep": 1, "audit_max_bytes": 4096}
 _NUMBER_KEYS = ("window", "failover_window", "scheduler_start_timeout", "ping_timeout",
-                "probe_timeout", "worker_verify_timeout", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
+                "probe_timeout", "worker_verify_timeout", "dependency_settle", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
                 "drain_timeout", "rate_limit_window")
 #: Keys that moved to the node settings file; still accepted in the master config, not used.
 RUNNER_RETIRED_KEYS = ("heartbeat_stale", "scheduler_start_grace")
@@ -366,29 +371,42 @@ def decide_service(table, daemon, probe):
     return "wait"  # restarting: systemd is on it; unknown/absent/error: no evidence
 
 
-def dependency_down(table, daemon, dependency_health):
+def dependency_down(table, daemon, dependency_health, settling_blocks=False):
     """
     The first dependency of ``daemon`` (table column ``needs``) that is not healthy, else None.
-    ``dependency_health``: {dependency: ok | dead | None}; None (nobody could tell, e.g. an
-    external database without a db minion) is no evidence and does not block.
+    ``dependency_health``: {dependency: ok | settling | dead | None}; None (nobody could tell,
+    e.g. an external database without a db minion) is no evidence and does not block.
+    ``settling`` (up again, its clients still reconnecting) blocks only with
+    ``settling_blocks``: a hung verdict, not a dead daemon (that one needs its start anyway).
     """
+    blocking = ("dead", "settling") if settling_blocks else ("dead",)
     for dep in table.get(daemon)["needs"]:
-        if (dependency_health or {}).get(dep) == "dead":
+        if (dependency_health or {}).get(dep) in blocking:
             return dep
     return None
 
 
-def dependency_status(answers, nodes):
+def dependency_status(answers, nodes, settle=0):
     """
     Health of one dependency from the ``airflow_health.probe`` answers of the nodes that run
     it: ok when any answers ok, dead when none does (a node that does not answer cannot serve
-    it either), None when no node runs it (external: no evidence).
+    it either), None when no node runs it (external: no evidence). ``settling`` when the ones
+    that answer ok have all been up (their unit's ``uptime``) for less than ``settle`` s; an
+    uptime that is missing or not a number counts as settled (no evidence).
     """
     if not nodes:
         return None
-    ok = any(isinstance((answers or {}).get(n), dict) and answers[n].get("status") == "ok"
-             for n in nodes)
-    return "ok" if ok else "dead"
+    ok = [answers[n] for n in nodes
+          if isinstance((answers or {}).get(n), dict) and answers[n].get("status") == "ok"]
+    if not ok:
+        return "dead"
+
+    def settling(answer):
+        unit = answer.get("unit")
+        uptime = unit.get("uptime") if isinstance(unit, dict) else None
+        return (isinstance(uptime, (int, float)) and not isinstance(uptime, bool)
+                and 0 <= uptime < settle)
+    return "settling" if all(settling(a) for a in ok) else "ok"
 
 
 def probe_ok(probe):

@@ -336,7 +336,7 @@ class Context:
             nodes = self.minions_running(dep, cache)
             answers = self.ops.cmd(nodes, "airflow_health.probe", [dep], tgt_type="list",
                                    timeout=self.conf["ping_timeout"] + 8) if nodes else {}
-            health[dep] = self.core.dependency_status(answers, nodes)
+            health[dep] = self.core.dependency_status(answers, nodes, self.conf["dependency_settle"])
         return health
 
     def lb_view(self, masters):
@@ -352,15 +352,18 @@ class Context:
                 return self.core.api_health(ret, masters)
         return self.core.api_health({}, masters)
 
-    def blocked_by(self, minion, daemon, **extra):
+    def blocked_by(self, minion, daemon, hung=False, **extra):
         """
         The dependency that explains ``daemon``'s failure on ``minion`` (audited as ``blocked``:
-        no remediation attempt, no damping, no failover), else None.
+        no remediation attempt, no damping, no failover), else None. A ``hung`` verdict is also
+        explained by a dependency that came back moments ago (its clients still reconnect).
         """
-        dep = self.core.dependency_down(self.table, daemon, self.dependency_health(daemon))
+        health = self.dependency_health(daemon)
+        dep = self.core.dependency_down(self.table, daemon, health, settling_blocks=hung)
         if dep:
-            self.audit("blocked", minion, daemon, f"dependency {dep} is down", "blocked",
-                       dependency=dep, **extra)
+            why = (f"dependency {dep} came back less than {self.conf['dependency_settle']:g} s ago"
+                   if health.get(dep) == "settling" else f"dependency {dep} is down")
+            self.audit("blocked", minion, daemon, why, "blocked", dependency=dep, **extra)
         return dep
 
     def valid_minion(self, minion, what):

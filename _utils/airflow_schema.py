@@ -83,6 +83,8 @@ SCHEMA = {
     "scheduler:heartbeat_sec": integer(1),
     "scheduler:heartbeat_stale": number(above=0),
     "scheduler:task_instance_heartbeat_timeout": integer(1),
+    "scheduler:watchdog_sec": integer(0),  # wins over systemd:watchdog_sec for the scheduler
+    "scheduler:restart_sec": integer(0),  # wins over systemd:restart_sec for the scheduler
     "dag_processor:parsing_processes": integer(1),
     "worker:concurrency": integer(1),
     "worker:queues": str_list(empty=False),

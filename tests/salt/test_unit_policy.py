@@ -85,6 +85,9 @@ def test_scheduler_waits_for_the_metastore_before_its_guard(salt_cli, highstate)
                           "/opt/airflow/venv/bin/python /opt/airflow/scheduler-guard.py"]
     assert not [k for k, _ in s["Service"] if k == "ExecStartPre"]
     assert ("StartLimitIntervalSec", "0") in s["Unit"]
+    # its own RestartSec (airflow:scheduler:restart_sec): a watchdog kill is restarted at once
+    assert ("RestartSec", str(_DEFAULTS["scheduler"]["restart_sec"])) in s["Service"]
+    assert _DEFAULTS["scheduler"]["restart_sec"] != _DEFAULTS["systemd"]["restart_sec"]
 
 
 def test_flower_waits_for_the_broker_only(salt_cli):
@@ -136,7 +139,7 @@ WATCHDOG_KEYS = ("WatchdogSec", "WatchdogSignal", "NotifyAccess")
 
 @pytest.mark.parametrize("minion,name,seconds", [
     ("worker1", "worker", _DEFAULTS["worker"]["watchdog_sec"]),       # its own, shorter
-    ("master1", "scheduler", _DEFAULTS["systemd"]["watchdog_sec"]),
+    ("master1", "scheduler", _DEFAULTS["scheduler"]["watchdog_sec"]),   # its own, shorter
     ("master1", "api-server", _DEFAULTS["systemd"]["watchdog_sec"]),
 ])
 def test_keepalive_daemon_has_a_watchdog_and_needs_the_keepalive(salt_cli, highstate, minion, name, seconds):

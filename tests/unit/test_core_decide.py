@@ -454,6 +454,23 @@ def test_dependency_down_and_status():
     assert D.dependency_status(None, []) is None
 
 
+def test_a_dependency_that_just_came_back_is_settling():
+    up = lambda s: {"status": "ok", "unit": {"uptime": s}}  # noqa: E731
+    assert D.dependency_status({"infra": up(3.0)}, ["infra"], settle=35) == "settling"
+    assert D.dependency_status({"infra": up(35.0)}, ["infra"], settle=35) == "ok"
+    assert D.dependency_status({"infra": up(3.0)}, ["infra"]) == "ok"          # no settle asked
+    # one long-up node serves: settled; an uptime that is no number is no evidence
+    assert D.dependency_status({"a": up(3.0), "b": up(900.0)}, ["a", "b"], settle=35) == "ok"
+    for junk in (None, "3", True, -1, {"uptime": 1}):
+        assert D.dependency_status({"infra": up(junk)}, ["infra"], settle=35) == "ok", junk
+    assert D.dependency_status({"infra": {"status": "ok", "unit": "x"}}, ["infra"], settle=35) == "ok"
+    # settling blocks a hung verdict only
+    health = {"postgresql": "ok", "rabbitmq": "settling"}
+    assert D.dependency_down(T, "worker", health) is None
+    assert D.dependency_down(T, "worker", health, settling_blocks=True) == "rabbitmq"
+    assert D.dependency_down(T, "worker", {"postgresql": "dead", "rabbitmq": "settling"}) == "postgresql"
+
+
 def test_split_targets():
     names = {"master1": {"master1", "master1.lab"}, "master2": {"master2"}}
     hb = {"status": "ok", "fresh": ["master1.lab", "master2"]}

@@ -90,6 +90,7 @@ class FakeOps:
         self.handler = lambda minion, fun, args: True
         # the dependency probes (Context.dependency_health: cmd on the db/broker nodes)
         self.dependency = {"postgresql": "ok", "rabbitmq": "ok"}
+        self.dependency_uptime = {}  # dependency -> its unit's uptime (s); absent: long up
         self.calls = []
         self.kw_calls = []
         self.fired = []
@@ -118,7 +119,9 @@ class FakeOps:
         if fun == "airflow_health.probe" and tgt_type == "list" and arg and \
                 arg[0] in self.dependency:
             self.calls.append((tuple(targets), fun, tuple(arg)))
-            return {m: {"status": self.dependency[arg[0]]} for m in targets if m in self.alive}
+            unit = {"uptime": self.dependency_uptime.get(arg[0], 86400.0)}
+            return {m: {"status": self.dependency[arg[0]], "unit": unit}
+                    for m in targets if m in self.alive}
         out = {}
         for minion in targets:
             ret = self.one(minion, fun, arg)
@@ -322,6 +325,25 @@ def test_remediate_hung_worker_kills_restarts_and_damps(env):
     # the window slides on the (fake) clock: 10 minutes later it may act again
     env.clock.t += 601
     assert env.rn.remediate("worker1", "worker")["result"] == "recovered"
+
+
+def test_a_worker_that_fails_its_ping_while_the_broker_settles_is_not_killed(env):
+    # incident c: right after the broker returns, the workers are still in kombu's reconnect
+    # back-off; a kill-restart then killed the tasks they had just taken
+    env.ops.handler = lambda m, f, a: {"status": "hung"} if f == "airflow_health.probe" else True
+    env.ops.dependency_uptime["rabbitmq"] = 4.0
+    assert env.rn.remediate("worker1", "worker") == {"result": "blocked", "dependency": "rabbitmq"}
+    assert "airflow_health.restart" not in env.ops.funs()
+    rec = env.audit()[-1]
+    assert (rec["action"], rec["dependency"]) == ("blocked", "rabbitmq")
+    assert rec["reason"] == "dependency rabbitmq came back less than 30 s ago"
+    # a dead worker is started at once, settling broker or not
+    env.ops.handler = lambda m, f, a: {"status": "dead"} if f == "airflow_health.probe" else True
+    assert env.rn.remediate("worker1", "worker")["action"] == "restart"
+    # once the broker has been up for the settle time, a hung worker is a hung worker
+    env.ops.handler = lambda m, f, a: {"status": "hung"} if f == "airflow_health.probe" else True
+    env.ops.dependency_uptime["rabbitmq"] = 31.0
+    assert env.rn.remediate("worker1", "worker")["action"] == "kill-restart"
 
 
 def test_remediate_dead_service_that_does_not_come_back(env):
