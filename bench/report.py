@@ -220,6 +220,17 @@ def bench_meta(recorded, samples):
     return meta
 
 
+def carry_over(summary, earlier):
+    """``summary`` plus the faults only ``earlier`` (an older bench.json dict) has, each marked
+    ``"from_bench": <that bench's ts>`` so the table says it was not measured now. FAULTS order."""
+    ts = (earlier.get("meta") or {}).get("ts", "?")
+    merged = dict(summary)
+    for fault, entry in (earlier.get("faults") or {}).items():
+        if fault not in merged:
+            merged[fault] = dict(entry, from_bench=entry.get("from_bench", ts))
+    return {fault: merged[fault] for fault in _ordered_faults(merged)}
+
+
 def write_json(path, summary, meta):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +253,8 @@ def _times(value):
 def _row(fault):
     recovery, floor = fault["recovery_s"] or {}, fault["floor_s"] or {}
     runs = str(fault["runs"]) + (f" ({fault['failed']} failed)" if fault["failed"] else "")
+    if fault.get("from_bench"):
+        runs += f" (earlier bench, {fault['from_bench']})"
     target = ", ".join(bound_text(b) for b in fault["target"]) if fault["target"] else "-"
     met = {True: "yes", False: "no", None: "-"}[fault["met"]]
     ratios = f"{_times(fault['ratio_median'])} / {_times(fault['ratio_p95'])}"
@@ -368,6 +381,9 @@ def main(argv=None):
     parser.add_argument("--readme", action="store_true",
                         help="rewrite README.md's bench block from bench.json")
     parser.add_argument("--out-dir", default=str(RESULTS), help="where bench.json/bench.png go")
+    parser.add_argument("--keep-from", metavar="BENCH_JSON",
+                        help="an earlier bench.json: faults not in the samples are carried over, "
+                             "marked with that bench's time")
     parser.add_argument("--readme-path", default=str(REPO / "README.md"))
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
@@ -379,6 +395,12 @@ def main(argv=None):
         samples, floors, recorded = load_jsonl(args.samples)
         print(f"   {len(samples)} runs, {len(floors)} floors", flush=True)
         bench = {"meta": bench_meta(recorded, samples), "faults": summarize(samples, floors)}
+        if args.keep_from:
+            earlier = json.loads(Path(args.keep_from).read_text())
+            bench["faults"] = carry_over(bench["faults"], earlier)
+            print(f"   carried over from {args.keep_from}: "
+                  f"{', '.join(f for f, e in bench['faults'].items() if e.get('from_bench')) or 'none'}",
+                  flush=True)
         write_json(out / "bench.json", bench["faults"], bench["meta"])
         print(f"== wrote {out / 'bench.json'}", flush=True)
         try:

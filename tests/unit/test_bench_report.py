@@ -233,3 +233,19 @@ def test_runs_text_counts_the_faults_runs():
     assert report.runs_text({"faults": {"a": {"runs": 2}, "b": {"runs": 5}, "c": {"runs": 3}}}) == "2-5 runs"
     assert report.runs_text({"faults": {"a": {"runs": 1}}}) == "1 run"
     assert report.runs_text({"meta": {"runs": 4}, "faults": {}}) == "4 runs"   # nothing per fault
+
+
+def test_carry_over_keeps_what_was_not_measured_now_and_says_so():
+    from bench import report
+    now = {"scheduler_hang": {"label": "scheduler hang", "runs": 5, "failed": 0, "recovery_s": None,
+                              "floor_s": None, "ratio_median": None, "ratio_p95": None,
+                              "target": None, "met": None}}
+    earlier = {"meta": {"ts": "2026-12-02T03:52:06"},
+               "faults": {"scheduler_hang": dict(now["scheduler_hang"], runs=3),
+                          "worker_kill9": dict(now["scheduler_hang"], label="worker kill -9", runs=3)}}
+    merged = report.carry_over(now, earlier)
+    assert list(merged) == ["worker_kill9", "scheduler_hang"]        # the table's fault order
+    assert merged["scheduler_hang"]["runs"] == 5 and "from_bench" not in merged["scheduler_hang"]
+    assert merged["worker_kill9"]["from_bench"] == "2026-12-02T03:52:06"
+    row = report._row(merged["worker_kill9"])
+    assert "| 3 (earlier bench, 2026-12-02T03:52:06) |" in row
