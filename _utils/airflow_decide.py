@@ -60,8 +60,8 @@ _INTEGER_KEYS = ("max_attempts", "failover_max_attempts", "rate_limit_events", "
 #: holds more than a few records before it is rotated.
 _MINIMUMS = {"audit_keep": 1, "audit_max_bytes": 4096}
 _NUMBER_KEYS = ("window", "failover_window", "scheduler_start_timeout", "ping_timeout",
-                "probe_timeout", "worker_verify_timeout", "dependency_settle", "lb_quiet", "lb_max_wait", "lb_apply_timeout",
-                "drain_timeout", "rate_limit_window")
+                "probe_timeout", "worker_verify_timeout", "dependency_settle", "lb_quiet",
+                "lb_max_wait", "lb_apply_timeout", "drain_timeout", "rate_limit_window")
 #: Keys that moved to the node settings file; still accepted in the master config, not used.
 RUNNER_RETIRED_KEYS = ("heartbeat_stale", "scheduler_start_grace")
 

@@ -101,10 +101,8 @@ class SaltOps:
         A minion the master holds no publisher connection for is absent without a ping: pinging
         a node that is gone costs the whole timeout + gather_job_timeout (4-7 s), which a
         failover after a lost master would wait for."""
-        if not minions:
-            return []
-        connected = self.connected()
-        reachable = [m for m in minions if connected is None or m in connected]
+        connected = self.connected() if minions else None
+        reachable = [m for m in minions or [] if connected is None or m in connected]
         if not reachable:
             return []
         ret = self.cmd(reachable, "test.ping", timeout=timeout or self.conf["ping_timeout"],

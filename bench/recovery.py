@@ -238,7 +238,7 @@ class MasterNodeLoss(SchedulerKill):
             lab.start_node(node)
 
     def floor_healthy(self, lab, node, t0, ctx):
-        return bool(_fresh_heartbeat(lab, t0))  # the restarted one, on the same node
+        return SchedulerKill.healthy(self, lab, node, t0, ctx)  # any master: the restarted one
 
 
 class MetastoreRestart(Fault):
