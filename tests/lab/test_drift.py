@@ -79,13 +79,18 @@ def test_three_drifts_are_corrected_by_the_schedule(lab, airflow_api, results_fi
     salt_run_json(lab, "airflow.enforcement", "resume")
     t0 = time.monotonic()
     try:
-        # the three drifts, by hand
-        sh(lab, worker, f"echo '{HAND_EDIT}' >> {CFG}", check=True)
+        # the three drifts, by hand. Each file's digest is taken in the same shell as its edit:
+        # the schedule already runs, and a job firing seconds later may correct the edit before
+        # a separate check (CI saw the worker's file back before the lb edit was done).
+        edited = {
+            worker: sh(lab, worker, f"echo '{HAND_EDIT}' >> {CFG} && sha256sum {CFG}",
+                       check=True).stdout.split()[0],
+            lb: sh(lab, lb, f"sed -i 's/timeout client 120s/timeout client 7s/' {HAPROXY_CFG} && "
+                            f"echo '{HAND_EDIT}' >> {HAPROXY_CFG} && sha256sum {HAPROXY_CFG}",
+                   check=True).stdout.split()[0]}
         sh(lab, master, "systemctl stop airflow-triggerer && systemctl disable -q airflow-triggerer",
            check=True)
-        sh(lab, lb, f"sed -i 's/timeout client 120s/timeout client 7s/' {HAPROXY_CFG} && "
-                    f"echo '{HAND_EDIT}' >> {HAPROXY_CFG}", check=True)
-        assert _sha(lab, worker, CFG) != before[worker] and _sha(lab, lb, HAPROXY_CFG) != before[lb]
+        assert edited[worker] != before[worker] and edited[lb] != before[lb], (before, edited)
         # within one interval + splay (+ the run itself: a highstate takes a while on 2 cores)
         deadline = interval + splay + 180
         back = {}

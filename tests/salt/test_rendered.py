@@ -55,7 +55,7 @@ def test_haproxy_backends_from_mine(rendered):
     assert "    server master1 127.0.0.1:8080 check\n    server master2 127.0.0.1:8080 check" in text
     assert "option httpchk GET /api/v2/monitor/health" in text
     assert "http-check expect status 200" in text
-    assert "default-server inter 1000ms fastinter 200ms fall 2 rise 1" in text and "timeout check 700ms" in text
+    assert "default-server inter 500ms fastinter 200ms fall 2 rise 1" in text and "timeout check 700ms" in text
     assert "bind :443 ssl crt /etc/haproxy/airflow.pem alpn h2,http/1.1" in text
     assert "bind :80\n" in text and "bind :1936" in text
     assert "http-request redirect scheme https code 301 unless { ssl_fc }" in text
