@@ -371,15 +371,21 @@ def decide_service(table, daemon, probe):
     return "wait"  # restarting: systemd is on it; unknown/absent/error: no evidence
 
 
-def dependency_down(table, daemon, dependency_health, settling_blocks=False):
+#: Actions a dependency that came back moments ago (``settling``) blocks: a daemon that fails its
+#: ping then may only be in its client's reconnect back-off, and the kill would take its running
+#: tasks (incident c). A dead daemon needs its start whatever its dependencies do.
+SETTLING_BLOCKS = ("kill-restart",)
+
+
+def dependency_down(table, daemon, dependency_health, action=None):
     """
-    The first dependency of ``daemon`` (table column ``needs``) that is not healthy, else None.
-    ``dependency_health``: {dependency: ok | settling | dead | None}; None (nobody could tell,
-    e.g. an external database without a db minion) is no evidence and does not block.
-    ``settling`` (up again, its clients still reconnecting) blocks only with
-    ``settling_blocks``: a hung verdict, not a dead daemon (that one needs its start anyway).
+    The first dependency of ``daemon`` (table column ``needs``) that blocks ``action`` (what
+    ``decide_service`` chose), else None. ``dependency_health``: {dependency: ok | settling |
+    dead | None}; None (nobody could tell, e.g. an external database without a db minion) is no
+    evidence and does not block. ``dead`` blocks every action, ``settling`` only those in
+    ``SETTLING_BLOCKS``.
     """
-    blocking = ("dead", "settling") if settling_blocks else ("dead",)
+    blocking = ("dead", "settling") if action in SETTLING_BLOCKS else ("dead",)
     for dep in table.get(daemon)["needs"]:
         if (dependency_health or {}).get(dep) in blocking:
             return dep

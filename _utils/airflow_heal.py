@@ -73,7 +73,7 @@ def remediate_service(ctx, minion, daemon, claimed=None):
             return {"result": "ignored", "reason": "healthy on re-probe"}
         if action == "wait":
             return {"result": "wait", "status": status}
-        dep = ctx.blocked_by(minion, daemon, hung=action == "kill-restart", **extra)
+        dep = ctx.blocked_by(minion, daemon, action=action, **extra)
         if dep:
             return {"result": "blocked", "dependency": dep}
         if not ctx.restart_allowed(minion, daemon):

@@ -350,14 +350,14 @@ class Context:
                 return self.core.api_health(ret, masters)
         return self.core.api_health({}, masters)
 
-    def blocked_by(self, minion, daemon, hung=False, **extra):
+    def blocked_by(self, minion, daemon, action=None, **extra):
         """
-        The dependency that explains ``daemon``'s failure on ``minion`` (audited as ``blocked``:
-        no remediation attempt, no damping, no failover), else None. A ``hung`` verdict is also
-        explained by a dependency that came back moments ago (its clients still reconnect).
+        The dependency that explains ``daemon``'s failure on ``minion`` and blocks ``action``
+        (audited as ``blocked``: no remediation attempt, no damping, no failover), else None.
+        Which health blocks which action is the core's rule (``dependency_down``).
         """
         health = self.dependency_health(daemon)
-        dep = self.core.dependency_down(self.table, daemon, health, settling_blocks=hung)
+        dep = self.core.dependency_down(self.table, daemon, health, action=action)
         if dep:
             why = (f"dependency {dep} came back less than {self.conf['dependency_settle']:g} s ago"
                    if health.get(dep) == "settling" else f"dependency {dep} is down")

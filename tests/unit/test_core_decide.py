@@ -464,11 +464,16 @@ def test_a_dependency_that_just_came_back_is_settling():
     for junk in (None, "3", True, -1, {"uptime": 1}):
         assert D.dependency_status({"infra": up(junk)}, ["infra"], settle=35) == "ok", junk
     assert D.dependency_status({"infra": {"status": "ok", "unit": "x"}}, ["infra"], settle=35) == "ok"
-    # settling blocks a hung verdict only
+    # settling blocks the kill of a hung daemon only, never the start of a dead one
     health = {"postgresql": "ok", "rabbitmq": "settling"}
     assert D.dependency_down(T, "worker", health) is None
-    assert D.dependency_down(T, "worker", health, settling_blocks=True) == "rabbitmq"
-    assert D.dependency_down(T, "worker", {"postgresql": "dead", "rabbitmq": "settling"}) == "postgresql"
+    assert D.dependency_down(T, "worker", health, action="restart") is None
+    assert D.dependency_down(T, "worker", health, action="kill-restart") == "rabbitmq"
+    both = {"postgresql": "dead", "rabbitmq": "settling"}
+    for action in (None, "restart"):
+        assert D.dependency_down(T, "worker", both, action=action) == "postgresql"
+    # a kill is blocked by both: the first of the table's needs names it
+    assert D.dependency_down(T, "worker", both, action="kill-restart") == T.get("worker")["needs"][0]
 
 
 def test_split_targets():
