@@ -320,10 +320,21 @@ def rewrite_readme(readme_path, section):
 
 
 # ------------------------------------------------------------------ the plot
+def _plot_label(fault):
+    """The fault's row label in the picture: what the table's runs column says about it too."""
+    label = fault["label"]
+    if not fault["recovery_s"]:
+        label += " (no successful run)"
+    if fault.get("from_bench"):
+        label += f"\n(earlier bench, {fault['from_bench']})"
+    return label
+
+
 def plot(bench, path):
     """One horizontal bar per fault: the median recovery (green: target met, red: missed, grey:
     no target) with a whisker to its p95, and a thin bar of the floor under it; the Helm chart's
-    hung-daemon restart as a dashed line. Log x axis: 0.2 s and 300 s both stay readable."""
+    hung-daemon restart as a dashed line. A fault carried over from an earlier bench is hatched
+    and its label says from when. Log x axis: 0.2 s and 300 s both stay readable."""
     import matplotlib
     matplotlib.use("Agg")   # no display on the lab host
     import matplotlib.pyplot as plt
@@ -338,6 +349,7 @@ def plot(bench, path):
         recovery, floor = fault["recovery_s"], fault["floor_s"]
         if recovery:
             ax.barh(row, recovery["median"], height=0.45, color=colours[fault["met"]],
+                    hatch="//" if fault.get("from_bench") else None, edgecolor="white",
                     xerr=[[0], [recovery["p95"] - recovery["median"]]], capsize=4,
                     error_kw={"elinewidth": 1.2})
             ax.text(recovery["p95"] * 1.08, row, f"{recovery['median']:.1f} s (p95 "
@@ -346,8 +358,7 @@ def plot(bench, path):
             ax.barh(row + 0.32, floor["median"], height=0.15, color="#1565c0")
     ax.axvline(helm_hang_restart_s(), color="black", linestyle="--", linewidth=1)
     ax.set_yticks(range(len(faults)))
-    ax.set_yticklabels([f["label"] + ("" if f["recovery_s"] else " (no successful run)")
-                        for f in faults])
+    ax.set_yticklabels([_plot_label(f) for f in faults])
     ax.invert_yaxis()   # FAULTS order from the top
     ax.set_xscale("log")
     # from 0.1 s (an api-server out of haproxy) to past the Helm line, whatever was measured
@@ -364,6 +375,8 @@ def plot(bench, path):
         Patch(color=colours[False], label="recovery median, target missed"),
         Patch(color=colours[None], label="recovery median, no target"),
         Patch(color="#1565c0", label="floor: bare restart of the daemon (median)"),
+        Patch(facecolor=colours[None], hatch="//", edgecolor="white",
+              label="carried over from an earlier bench"),
         Line2D([], [], color="black", linestyle="--",
                label=f"Helm chart: hung daemon restarted after {helm_hang_restart_s()} s"),
     ], loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize="small")

@@ -249,3 +249,12 @@ def test_carry_over_keeps_what_was_not_measured_now_and_says_so():
     assert merged["worker_kill9"]["from_bench"] == "2026-12-02T03:52:06"
     row = report._row(merged["worker_kill9"])
     assert "| 3 (earlier bench, 2026-12-02T03:52:06) |" in row
+
+
+def test_the_picture_labels_a_carried_over_fault_like_the_table():
+    fault = {"label": "worker kill -9", "recovery_s": {"median": 1.0, "p95": 2.0},
+             "from_bench": "2026-12-02T03:52:06"}
+    assert report._plot_label(fault) == "worker kill -9\n(earlier bench, 2026-12-02T03:52:06)"
+    assert report._plot_label(dict(fault, from_bench=None)) == "worker kill -9"
+    assert report._plot_label(dict(fault, recovery_s=None, from_bench=None)) == \
+        "worker kill -9 (no successful run)"
