@@ -37,7 +37,8 @@ RESULTS = REPO / "results" / "vagrant.json"
 STATE_DIR = Path("/var/lib/airflow-vagrant")      # vagrant's machine state, out of the work tree
 TOPOLOGIES = ("full", "small")     # the Vagrantfile's AIRFLOW_VM_TOPOLOGY values; it lists the VMs
 HOST_TOOLS = {"vagrant": "vagrant", "virsh": "libvirt-clients", "libvirtd": "libvirt-daemon-system",
-              "qemu-system-x86_64": "qemu-system-x86"}
+              "qemu-system-x86_64": "qemu-system-x86",
+              "dnsmasq": "dnsmasq-base"}     # libvirt's `default` network; only a Recommends of libvirt
 SMOKE_DAG = "cluster_smoke"
 
 

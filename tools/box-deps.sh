@@ -15,6 +15,8 @@ have vagrant || need+=(vagrant)
 vagrant plugin list 2>/dev/null | grep -q vagrant-libvirt || need+=(vagrant-libvirt)
 have libvirtd || need+=(libvirt-daemon-system)
 have qemu-system-x86_64 || need+=(qemu-system-x86)
+# libvirt's NAT network (`default`, the VMs' management network) runs dnsmasq, only a Recommends
+have dnsmasq || need+=(dnsmasq-base)
 if [ ${#need[@]} -eq 0 ]; then
     echo "== box host packages: all present"
     exit 0

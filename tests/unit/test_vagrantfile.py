@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 VF = REPO / "Vagrantfile"
@@ -121,3 +122,21 @@ def test_extra_ca_goes_to_the_trust_store_and_to_pip_before_any_download():
     install = t.split("INSTALL_SALT = <<~SH", 1)[1].split("\nSH\n", 1)[0]
     assert install.index("update-ca-certificates") < install.index("pip install")
     assert "cert = /etc/ssl/certs/ca-certificates.crt" in install
+
+
+MASTER_SETUP_OF = ('module Vagrant; def self.require_version(*); end; def self.configure(*); end; end; '
+                   'load ARGV[0]; puts MASTER_SETUP')
+
+
+def test_the_salt_vm_waits_for_busy_minions(tmp_path):
+    # orch.deploy's pip install keeps VMs busy: Salt's default 10 s find_job wait made the first
+    # real run give up on running jobs ("Minion did not return a state result")
+    if not shutil.which("ruby"):
+        pytest.skip("ruby not installed (apt-get install vagrant brings it)")
+    p = subprocess.run(["ruby", "-e", MASTER_SETUP_OF, str(VF)], capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if "/etc/salt/master.d/vagrant.conf" in x)
+    conf = tmp_path / "vagrant.conf"
+    subprocess.run(["bash", "-c", line.replace("/etc/salt/master.d/vagrant.conf", str(conf))], check=True)
+    assert yaml.safe_load(conf.read_text())["gather_job_timeout"] >= 30
