@@ -197,6 +197,28 @@ def smoke_run(api: Api, workers: list[str]) -> dict:
     return {"run_id": run_id, "seconds": seconds, "fan_out_hosts": fan_out_hosts, "tasks": hosts}
 
 
+def vagrant_env(topology: str, driver: str, net: str) -> dict:
+    """The environment every vagrant call of a run gets (the Vagrantfile's variables)."""
+    env = {**os.environ, "AIRFLOW_VM_BOX": BOX_NAME, "AIRFLOW_VM_TOPOLOGY": topology, "AIRFLOW_VM_NET": net,
+           "AIRFLOW_VM_LIBVIRT_DRIVER": driver, "VAGRANT_DOTFILE_PATH": str(STATE_DIR / "dotfile"),
+           "AIRFLOW_VM_BOOT_TIMEOUT": "1800"}
+    ca = host_ca_bundle(STATE_DIR / "extra-ca.pem")
+    if ca:
+        env["AIRFLOW_VM_CA_CERTS"] = str(ca)
+    return env
+
+
+def smoke_step(env: dict, net: str, workers: list[str], record: dict) -> None:
+    """cluster_smoke through haproxy with the salt VM's admin login and CA (both root's files there)."""
+    admin = on_salt(env, "sudo cat /etc/airflow-salt/pillar/airflow/secrets/admin.sls")
+    creds = dict(line.strip().split(": ", 1) for line in admin.splitlines() if line.strip().startswith("admin_"))
+    ca_pem = on_salt(env, "sudo cat /etc/airflow-salt/tls/ca.pem")
+    api = Api(f"https://{net}.30", creds["admin_user"].strip("'\""), creds["admin_password"].strip("'\""), ca_pem)
+    t3 = time.monotonic()
+    record["smoke"] = smoke_run(api, workers)
+    record["first_green_seconds"] = round(time.monotonic() - t3, 1)
+
+
 def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     log = STATE_DIR / "vagrant.log"
@@ -208,13 +230,8 @@ def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
     record["box"] = {"name": BOX_NAME, "recipe": info.get("recipe"), "build_seconds": info.get("build_seconds"),
                      "mib": round(info["bytes"] / 2**20), "ready_seconds": round(time.monotonic() - t0, 1)}
     start_libvirt()
-    env = {**os.environ, "AIRFLOW_VM_BOX": BOX_NAME, "AIRFLOW_VM_TOPOLOGY": topology, "AIRFLOW_VM_NET": net,
-           "AIRFLOW_VM_LIBVIRT_DRIVER": driver, "VAGRANT_DOTFILE_PATH": str(STATE_DIR / "dotfile"),
-           "AIRFLOW_VM_BOOT_TIMEOUT": "1800"}
-    ca = host_ca_bundle(STATE_DIR / "extra-ca.pem")
-    if ca:
-        env["AIRFLOW_VM_CA_CERTS"] = str(ca)
-    record["extra_ca_certs"] = bool(ca)
+    env = vagrant_env(topology, driver, net)
+    record["extra_ca_certs"] = "AIRFLOW_VM_CA_CERTS" in env
     vms = machines(env)
     record["vms"] = vms
     progress(f"vagrant: topology {topology} ({', '.join(vms)}), driver {driver}; log {log}")
@@ -241,13 +258,7 @@ def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
         if p.returncode != 0:
             raise LabError(f"orch.deploy failed after {record['deploy_seconds']}s; see {log}")
         progress(f"vagrant: deployed in {record['deploy_seconds']}s; cluster_smoke through haproxy")
-        admin = on_salt(env, "sudo cat /etc/airflow-salt/pillar/airflow/secrets/admin.sls")
-        creds = dict(line.strip().split(": ", 1) for line in admin.splitlines() if line.strip().startswith("admin_"))
-        ca_pem = on_salt(env, "cat /etc/airflow-salt/tls/ca.pem")
-        api = Api(f"https://{net}.30", creds["admin_user"].strip("'\""), creds["admin_password"].strip("'\""), ca_pem)
-        t3 = time.monotonic()
-        record["smoke"] = smoke_run(api, workers)
-        record["first_green_seconds"] = round(time.monotonic() - t3, 1)
+        smoke_step(env, net, workers, record)
         record["qemu_memory"] = qemu_memory(prefix, vms)
         record["total_seconds"] = round(time.monotonic() - t0, 1)
         record["ok"] = True
@@ -261,6 +272,23 @@ def run(topology: str, driver: str, net: str, keep: bool, record: dict) -> None:
             ensure_default_network()
 
 
+def resume_smoke(record: dict) -> None:
+    """On VMs an earlier run kept (--keep) and deployed but did not see green: only the
+    cluster_smoke step, added to that run's record, which keeps its own timings."""
+    if not record.get("deploy_seconds") or "error" not in record:
+        raise LabError(f"{RESULTS} is not a kept run that deployed and then failed: nothing to resume")
+    net = record["net"].split("/")[0].rsplit(".", 1)[0]      # "192.168.77.0/24" -> "192.168.77"
+    env = vagrant_env(record["topology"], record["driver"], net)
+    record["resumed"] = {"after_error": record.pop("error"),
+                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    workers = sorted(record["role_members"].get("airflow-worker") or [])
+    progress(f"vagrant: resuming {record['started']}'s run at cluster_smoke through haproxy")
+    smoke_step(env, net, workers, record)
+    record["qemu_memory"] = qemu_memory(REPO.name + "_", record["vms"])
+    record["ok"] = True
+    progress(f"vagrant: green: {SMOKE_DAG} ran on {record['smoke']['fan_out_hosts']} in {record['smoke']['seconds']}s")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m lab.vagrant_e2e", description=__doc__.split("\n")[0])
     ap.add_argument("--topology", choices=TOPOLOGIES, default=os.environ.get("AIRFLOW_VM_TOPOLOGY", "small"))
@@ -269,6 +297,9 @@ def main(argv=None) -> int:
                          "/dev/kvm cannot run a stock kernel)")
     ap.add_argument("--net", default=os.environ.get("AIRFLOW_VM_NET", "192.168.77"))
     ap.add_argument("--keep", action="store_true", help="leave the VMs running (vagrant destroy -f later)")
+    ap.add_argument("--resume-smoke", action="store_true",
+                    help="on the VMs of a kept run that deployed and then failed: only cluster_smoke, "
+                         "added to its record")
     a = ap.parse_args(argv)
     missing = missing_prerequisites()
     if missing:
@@ -277,7 +308,11 @@ def main(argv=None) -> int:
     record = {"topology": a.topology, "driver": a.driver, "net": f"{a.net}.0/24", "ok": False,
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host_cores": os.cpu_count()}
     try:
-        run(a.topology, a.driver, a.net, a.keep, record)
+        if a.resume_smoke:
+            record = json.loads(RESULTS.read_text())
+            resume_smoke(record)
+        else:
+            run(a.topology, a.driver, a.net, a.keep, record)
     except (LabError, subprocess.TimeoutExpired, OSError) as e:
         record["error"] = str(e)
         print(f"error: {e}")
