@@ -84,17 +84,19 @@ def test_the_vagrant_site_pillar_sets_its_own_network():
     assert "cidr: #{NET}.0/24" in t and "#{SITE_PILLAR}" in t
 
 
-# The Vagrantfile evaluated by Ruby with Vagrant's entry points stubbed: its machine list per
-# topology, without a provider (vagrant status needs a usable one).
-NODES_OF = ('module Vagrant; def self.require_version(*); end; def self.configure(*); end; end; '
-            'load ARGV[0]; puts NODES.keys.join(",")')
+# The Vagrantfile evaluated by Ruby with Vagrant's entry points stubbed, printing one of its
+# values (its machine list per topology, a provisioning script), without a provider.
+def _ruby_eval(tmp_path, expr, **env):
+    if not shutil.which("ruby"):
+        pytest.skip("ruby not installed (apt-get install vagrant brings it)")
+    prog = ('module Vagrant; def self.require_version(*); end; def self.configure(*); end; end; '
+            f'load ARGV[0]; puts {expr}')
+    return subprocess.run(["ruby", "-e", prog, str(VF)], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env})
 
 
 def _nodes(tmp_path, **env):
-    if not shutil.which("ruby"):
-        pytest.skip("ruby not installed (apt-get install vagrant brings it)")
-    return subprocess.run(["ruby", "-e", NODES_OF, str(VF)], capture_output=True, text=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env})
+    return _ruby_eval(tmp_path, 'NODES.keys.join(",")', **env)
 
 
 def test_topologies_full_by_default_small_on_request(tmp_path):
@@ -124,17 +126,10 @@ def test_extra_ca_goes_to_the_trust_store_and_to_pip_before_any_download():
     assert "cert = /etc/ssl/certs/ca-certificates.crt" in install
 
 
-MASTER_SETUP_OF = ('module Vagrant; def self.require_version(*); end; def self.configure(*); end; end; '
-                   'load ARGV[0]; puts MASTER_SETUP')
-
-
 def test_the_salt_vm_waits_for_busy_minions(tmp_path):
     # orch.deploy's pip install keeps VMs busy: Salt's default 10 s find_job wait made the first
     # real run give up on running jobs ("Minion did not return a state result")
-    if not shutil.which("ruby"):
-        pytest.skip("ruby not installed (apt-get install vagrant brings it)")
-    p = subprocess.run(["ruby", "-e", MASTER_SETUP_OF, str(VF)], capture_output=True, text=True, timeout=60,
-                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    p = _ruby_eval(tmp_path, "MASTER_SETUP")
     assert p.returncode == 0, p.stderr
     line = next(x for x in p.stdout.splitlines() if "/etc/salt/master.d/vagrant.conf" in x)
     conf = tmp_path / "vagrant.conf"
@@ -142,15 +137,8 @@ def test_the_salt_vm_waits_for_busy_minions(tmp_path):
     assert yaml.safe_load(conf.read_text())["gather_job_timeout"] >= 30
 
 
-SITE_PILLAR_OF = ('module Vagrant; def self.require_version(*); end; def self.configure(*); end; end; '
-                  'load ARGV[0]; puts SITE_PILLAR')
-
-
 def _site_pillar(tmp_path, **env):
-    if not shutil.which("ruby"):
-        pytest.skip("ruby not installed (apt-get install vagrant brings it)")
-    p = subprocess.run(["ruby", "-e", SITE_PILLAR_OF, str(VF)], capture_output=True, text=True, timeout=60,
-                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env})
+    p = _ruby_eval(tmp_path, "SITE_PILLAR", **env)
     assert p.returncode == 0, p.stderr
     site = tmp_path / "airflow_site.sls"
     site.unlink(missing_ok=True)
