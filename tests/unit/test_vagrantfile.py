@@ -147,10 +147,31 @@ def _site_pillar(tmp_path, **env):
     return yaml.safe_load(site.read_text())["airflow"]
 
 
-def test_software_emulated_vms_give_haproxy_a_check_slow_api_servers_pass(tmp_path):
-    # under qemu (TCG) the api-server's health answered in 3-9 s: the 700 ms default kept it DOWN
+def test_software_emulated_vms_get_checks_and_watchdogs_slow_daemons_pass(tmp_path):
+    # under qemu (TCG) the api-server's health answered in 3-9 s (the 700 ms default kept it DOWN)
+    # and the 2-5 s watchdogs killed slow daemons in a loop
     emulated = _site_pillar(tmp_path, AIRFLOW_VM_LIBVIRT_DRIVER="qemu")
     assert emulated["network"]["cidr"] == "192.168.77.0/24"
     assert emulated["lb"]["check"]["timeout_ms"] >= 10000
     assert emulated["lb"]["check"]["inter_ms"] >= 1000
-    assert "lb" not in _site_pillar(tmp_path)      # kvm/VirtualBox keep the formula's defaults
+    for key in ("systemd", "scheduler", "worker"):
+        assert emulated[key]["watchdog_sec"] >= 30, key
+    assert emulated["scheduler"]["heartbeat_stale"] >= 3 * emulated["scheduler"]["heartbeat_sec"]
+    # kvm/VirtualBox keep the formula's defaults
+    assert _site_pillar(tmp_path) == {"network": {"cidr": "192.168.77.0/24"}}
+
+
+def test_the_emulated_site_pillar_passes_the_formula_schema(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("vf_airflow_schema", REPO / "_utils/airflow_schema.py")
+    schema = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(schema)
+
+    def merge(base, over):
+        return {k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                for k, v in {**base, **over}.items()}
+    defaults = yaml.safe_load((REPO / "salt/airflow/defaults.yaml").read_text())["airflow"]
+    emulated = _site_pillar(tmp_path, AIRFLOW_VM_LIBVIRT_DRIVER="qemu")
+    config = merge(defaults, emulated)
+    assert schema.errors(config, lambda minion: True) == []
+    assert schema.unknown(emulated) == []
