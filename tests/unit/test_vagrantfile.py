@@ -163,13 +163,11 @@ def test_software_emulated_vms_get_checks_and_watchdogs_slow_daemons_pass(tmp_pa
 
 def test_the_emulated_site_pillar_passes_the_formula_schema(tmp_path):
     import importlib.util
+
+    from salt.utils.dictupdate import merge     # what map.jinja's slsutil.merge calls
     spec = importlib.util.spec_from_file_location("vf_airflow_schema", REPO / "_utils/airflow_schema.py")
     schema = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(schema)
-
-    def merge(base, over):
-        return {k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                for k, v in {**base, **over}.items()}
     defaults = yaml.safe_load((REPO / "salt/airflow/defaults.yaml").read_text())["airflow"]
     emulated = _site_pillar(tmp_path, AIRFLOW_VM_LIBVIRT_DRIVER="qemu")
     config = merge(defaults, emulated)
